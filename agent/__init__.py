@@ -1,0 +1,3 @@
+"""Corral agent (being built)."""
+
+__all__: list[str] = []

@@ -1,0 +1,81 @@
+"""Errors of the agent, rooted by whose fault it is::
+
+    AgentError
+    ├── ConfigError            the agent's own configuration is missing or wrong
+    ├── EnrolmentError         the registry refused or could not be reached at enrolment
+    ├── CameraError            a camera source cannot be opened or read
+    ├── RuntimeLoadError       a model cannot be loaded into ONNX Runtime
+    └── UpdateError            an update was refused or failed; carries a ``reason`` code
+        ├── VerificationError  TUF or the bundle check refused what was downloaded
+        ├── DownloadError      the registry could not be reached or sent an error
+        └── SmokeTestError     the new model gave wrong answers on its golden samples
+
+Every ``UpdateError`` has a short machine-readable ``reason`` (``verification``,
+``download``, ``incompatible``, ``smoke_test``, ``install``, ``timeout``) that goes into
+the ``events`` payload, and a message that says what to do.
+"""
+
+from __future__ import annotations
+
+from corral.errors import CorralError
+
+__all__ = [
+    "AgentError",
+    "CameraError",
+    "ConfigError",
+    "DownloadError",
+    "EnrolmentError",
+    "RuntimeLoadError",
+    "SmokeTestError",
+    "UpdateError",
+    "VerificationError",
+]
+
+
+class AgentError(CorralError):
+    """Base of the agent's errors."""
+
+
+class ConfigError(AgentError):
+    """The agent's configuration is missing or invalid."""
+
+
+class EnrolmentError(AgentError):
+    """Enrolment with the registry failed."""
+
+
+class CameraError(AgentError):
+    """A camera source cannot be opened or read."""
+
+
+class RuntimeLoadError(AgentError):
+    """A model file cannot be loaded into an inference session."""
+
+
+class UpdateError(AgentError):
+    """An update was refused or failed; the current model keeps running."""
+
+    reason = "install"
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
+
+
+class VerificationError(UpdateError):
+    """TUF metadata or a downloaded file failed verification."""
+
+    reason = "verification"
+
+
+class DownloadError(UpdateError):
+    """The registry could not be reached, or answered with an error."""
+
+    reason = "download"
+
+
+class SmokeTestError(UpdateError):
+    """The new model's outputs on its golden samples are off by more than the tolerance."""
+
+    reason = "smoke_test"

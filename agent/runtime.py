@@ -1,0 +1,133 @@
+"""One model loaded into ONNX Runtime, with the bundle's preprocessing.
+
+``ModelRuntime`` owns a session built with the execution providers the firmware
+profile prefers (those this onnxruntime build lacks are skipped), the input
+spec's preprocessing, and the smoke test on the bundle's golden samples. The
+pipeline holds one ``ModelRuntime`` at a time and swaps it between batches;
+building, warming and smoke-testing happen before the swap, off the hot path.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+
+from agent.errors import RuntimeLoadError, SmokeTestError
+from corral.bundle import Bundle, InputSpec
+
+__all__ = ["ModelRuntime", "Preprocessor"]
+
+logger = logging.getLogger(__name__)
+
+
+class Preprocessor:
+    """Turns camera frames (H x W gray, or H x W x 3 BGR as OpenCV gives) into model input.
+
+    The per-channel affine transform ``(p * scale - mean) / std`` is folded into one
+    multiply-add with precomputed coefficients, written into a caller's buffer.
+    """
+
+    def __init__(self, spec: InputSpec) -> None:
+        self.spec = spec
+        self.channels, self.height, self.width = spec.sample_shape
+        std = np.asarray(spec.std, dtype=np.float32)
+        self._mul = (spec.scale / std).astype(np.float32).reshape(-1, 1, 1)
+        self._add = (-np.asarray(spec.mean, dtype=np.float32) / std).reshape(-1, 1, 1)
+
+    def __call__(self, frame: np.ndarray, out: np.ndarray) -> None:
+        """Write the preprocessed ``frame`` into ``out`` (shape C x H x W, float32)."""
+        img = frame
+        if img.ndim == 3 and self.spec.color == "gray":
+            img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+        elif img.ndim == 2 and self.spec.color != "gray":
+            img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+        if img.shape[0] != self.height or img.shape[1] != self.width:
+            img = cv2.resize(img, (self.width, self.height), interpolation=cv2.INTER_AREA)
+        if self.spec.color == "rgb":
+            img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        chw = img[np.newaxis] if img.ndim == 2 else img.transpose(2, 0, 1)
+        np.multiply(chw, self._mul, out=out, casting="unsafe")
+        out += self._add
+
+
+class ModelRuntime:
+    """An ONNX Runtime session for one bundle, ready to run batches."""
+
+    def __init__(self, bundle: Bundle, session: ort.InferenceSession) -> None:
+        self.bundle = bundle
+        self.session = session
+        self.providers: list[str] = list(session.get_providers())
+        self.preprocess = Preprocessor(bundle.input)
+        self.input_name = session.get_inputs()[0].name
+        self.output_name = session.get_outputs()[0].name
+
+    @classmethod
+    def load(
+        cls,
+        bundle: Bundle,
+        model_dir: Path,
+        providers: Sequence[str] = ("CPUExecutionProvider",),
+        variant: str = "fp32",
+        intra_op_threads: int = 1,
+    ) -> ModelRuntime:
+        """Build a session for ``bundle``'s ``variant`` file in ``model_dir``.
+
+        Raises:
+            RuntimeLoadError: the file is missing or ONNX Runtime cannot load it.
+        """
+        path = Path(model_dir) / bundle.model_file(variant).name
+        available = set(ort.get_available_providers())
+        chosen = [p for p in providers if p in available] or ["CPUExecutionProvider"]
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = max(0, intra_op_threads)
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        try:
+            session = ort.InferenceSession(str(path), sess_options=options, providers=chosen)
+        except Exception as e:  # onnxruntime raises its own untyped errors
+            raise RuntimeLoadError(
+                f"ONNX Runtime cannot load {path.name} of {bundle.name} {bundle.version}: {e}"
+            ) from e
+        logger.info("loaded %s %s with %s", bundle.name, bundle.version, session.get_providers())
+        return cls(bundle, session)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Run a preprocessed batch (N x C x H x W float32); return N x classes scores."""
+        out = self.session.run([self.output_name], {self.input_name: batch})[0]
+        return np.asarray(out, dtype=np.float32)
+
+    def smoke_test(self) -> float:
+        """Run the golden samples and compare with the bundle's expected outputs.
+
+        Returns:
+            The largest absolute difference seen.
+
+        Raises:
+            SmokeTestError: an output is not finite or differs by more than the tolerance.
+        """
+        golden = self.bundle.golden
+        if not golden:
+            return 0.0
+        shape = (len(golden), *self.bundle.input.sample_shape)
+        batch = np.asarray([s.input for s in golden], dtype=np.float32).reshape(shape)
+        expected = np.asarray([s.output for s in golden], dtype=np.float32)
+        got = self.run(batch)
+        if got.shape != expected.shape:
+            raise SmokeTestError(
+                f"smoke test: model gave outputs of shape {got.shape}, expected {expected.shape}"
+            )
+        if not np.all(np.isfinite(got)):
+            raise SmokeTestError("smoke test: model gave NaN or infinite outputs on golden samples")
+        worst = float(np.max(np.abs(got - expected)))
+        if not math.isfinite(worst) or worst > self.bundle.golden_tolerance:
+            raise SmokeTestError(
+                f"smoke test: golden outputs differ by {worst:.3g}, more than the bundle's "
+                f"tolerance {self.bundle.golden_tolerance:g}; the model file or runtime is wrong"
+            )
+        return worst

@@ -1,0 +1,72 @@
+"""Corral's shared contract: what crosses a process boundary.
+
+The bundle format, MQTT topics and payloads, firmware profiles, model versions
+and TUF target names. The trainer, the registry and the agent import this
+package and never each other. It imports nothing heavy (no torch, no FastAPI,
+no onnxruntime), so that every role can depend on it.
+"""
+
+from corral.bundle import (
+    BUNDLE_FILE,
+    BUNDLE_FORMAT,
+    Bundle,
+    BundleFile,
+    GoldenSample,
+    InputSpec,
+    OutputSpec,
+    file_digest,
+)
+from corral.errors import (
+    BundleError,
+    ContractError,
+    CorralError,
+    PayloadError,
+    ProfileError,
+    VersionError,
+)
+from corral.payloads import Message, decode, encode, utc_now
+from corral.profiles import (
+    FirmwareProfile,
+    HardwareFacts,
+    load_profile,
+    load_profiles,
+    select_profile,
+)
+from corral.targets import bundle_target, file_target
+from corral.topics import check_device_id, parse_topic, topic
+from corral.version import Version
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BUNDLE_FILE",
+    "BUNDLE_FORMAT",
+    "Bundle",
+    "BundleError",
+    "BundleFile",
+    "ContractError",
+    "CorralError",
+    "FirmwareProfile",
+    "GoldenSample",
+    "HardwareFacts",
+    "InputSpec",
+    "Message",
+    "OutputSpec",
+    "PayloadError",
+    "ProfileError",
+    "Version",
+    "VersionError",
+    "__version__",
+    "bundle_target",
+    "check_device_id",
+    "decode",
+    "encode",
+    "file_digest",
+    "file_target",
+    "load_profile",
+    "load_profiles",
+    "parse_topic",
+    "select_profile",
+    "topic",
+    "utc_now",
+]

@@ -1,0 +1,46 @@
+"""Errors of the shared contract.
+
+Rooted by whose fault it is::
+
+    CorralError
+    └── ContractError          data that breaks the contract (caller's or sender's fault)
+        ├── BundleError        a bundle.json or a file beside it is malformed or tampered
+        ├── PayloadError       an MQTT payload or topic is malformed
+        ├── ProfileError       a firmware profile is malformed or none matches
+        └── VersionError       a version string is not semver
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BundleError",
+    "ContractError",
+    "CorralError",
+    "PayloadError",
+    "ProfileError",
+    "VersionError",
+]
+
+
+class CorralError(Exception):
+    """Base of every error Corral raises on purpose."""
+
+
+class ContractError(CorralError):
+    """Data crossing a process boundary does not follow the contract."""
+
+
+class BundleError(ContractError):
+    """A bundle (bundle.json or one of its files) is malformed or was tampered with."""
+
+
+class PayloadError(ContractError):
+    """An MQTT topic or payload is malformed."""
+
+
+class ProfileError(ContractError):
+    """A firmware profile is malformed, or no profile matches the hardware."""
+
+
+class VersionError(ContractError):
+    """A model version is not a semantic version (MAJOR.MINOR.PATCH)."""

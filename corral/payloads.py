@@ -1,0 +1,150 @@
+"""MQTT payloads: one JSON envelope, one body shape per kind.
+
+Every payload is a JSON object with ``schema`` (``corral.<kind>/1``),
+``device_id``, ``seq`` (per device, monotonic across all of a device's
+topics, surviving restarts) and ``ts`` (UTC, ISO 8601), plus the fields of its
+kind. The registry stores by ``(device_id, seq)``, so a redelivered message is
+harmless and a gap in ``seq`` is a measurable loss.
+
+The last will of an agent is its ``offline`` status with a seq reserved at
+connect time, so a will that fires fills its place in the sequence.
+
+Validation checks the fields every consumer relies on and keeps the rest, so a
+newer agent can add fields without breaking an older registry.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from corral.errors import PayloadError
+from corral.topics import AGENT_KINDS, REGISTRY_KINDS, check_device_id
+
+__all__ = ["MAX_PAYLOAD_BYTES", "Message", "decode", "encode", "utc_now"]
+
+MAX_PAYLOAD_BYTES = 256 * 1024
+
+_NUM = (int, float)
+# Fields each kind must carry, with their JSON types. None in a tuple allows null.
+_REQUIRED: dict[str, dict[str, tuple[type | None, ...]]] = {
+    "status": {"state": (str,), "model": (str, None), "version": (str, None), "profile": (str, None)},
+    "telemetry": {"cpu_percent": _NUM, "memory_percent": _NUM, "disk_percent": _NUM, "gpus": (list,)},
+    "inference": {
+        "window_s": _NUM,
+        "frames": (int,),
+        "fps": _NUM,
+        "latency_ms": (dict,),
+        "drops": (int,),
+        "class_counts": (dict,),
+        "model": (str, None),
+        "version": (str, None),
+    },
+    "accuracy": {
+        "window_s": _NUM,
+        "labelled": (int,),
+        "correct": (int,),
+        "accuracy": (*_NUM, None),
+        "per_class": (dict,),
+        "model": (str, None),
+        "version": (str, None),
+    },
+    "events": {"event": (str,), "message": (str,)},
+    "desired": {"model": (str, None), "version": (str, None)},
+}
+_STATES = ("online", "offline")
+
+
+def utc_now() -> str:
+    """The current UTC time as ISO 8601 with milliseconds and a Z."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class Message:
+    """A decoded payload: the envelope fields and the kind's body."""
+
+    kind: str
+    device_id: str
+    seq: int
+    ts: str
+    body: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": f"corral.{self.kind}/1",
+            "device_id": self.device_id,
+            "seq": self.seq,
+            "ts": self.ts,
+            **self.body,
+        }
+
+
+def _check_body(kind: str, body: Mapping[str, Any]) -> None:
+    for key, kinds in _REQUIRED[kind].items():
+        if key not in body:
+            raise PayloadError(f"{kind} payload is missing field {key!r}")
+        value = body[key]
+        allowed = tuple(k for k in kinds if k is not None)
+        if value is None and None in kinds:
+            continue
+        if isinstance(value, bool) or not isinstance(value, allowed):
+            raise PayloadError(f"{kind} payload field {key!r} has the wrong type: {value!r:.60}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise PayloadError(f"{kind} payload field {key!r} must be finite, got {value}")
+    if kind == "status" and body["state"] not in _STATES:
+        raise PayloadError(f"status state {body['state']!r} should be one of {_STATES}")
+
+
+def encode(kind: str, device_id: str, seq: int, body: Mapping[str, Any], ts: str | None = None) -> bytes:
+    """Build and validate a payload.
+
+    Raises:
+        PayloadError: unknown kind, bad device id or seq, or a body missing required fields.
+    """
+    if kind not in AGENT_KINDS and kind not in REGISTRY_KINDS:
+        raise PayloadError(f"unknown message kind {kind!r}")
+    check_device_id(device_id)
+    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+        raise PayloadError(f"seq must be a non-negative integer, got {seq!r}")
+    _check_body(kind, body)
+    message = Message(kind, device_id, seq, ts or utc_now(), dict(body))
+    raw = json.dumps(message.to_dict(), separators=(",", ":"), allow_nan=False).encode()
+    if len(raw) > MAX_PAYLOAD_BYTES:
+        raise PayloadError(f"{kind} payload is {len(raw)} bytes; the limit is {MAX_PAYLOAD_BYTES}")
+    return raw
+
+
+def decode(kind: str, raw: bytes) -> Message:
+    """Parse and validate a payload received on a ``kind`` topic.
+
+    Raises:
+        PayloadError: not JSON, too large, wrong schema, or missing fields.
+    """
+    if kind not in AGENT_KINDS and kind not in REGISTRY_KINDS:
+        raise PayloadError(f"unknown message kind {kind!r}")
+    if len(raw) > MAX_PAYLOAD_BYTES:
+        raise PayloadError(f"{kind} payload is {len(raw)} bytes; the limit is {MAX_PAYLOAD_BYTES}")
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise PayloadError(f"{kind} payload is not JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise PayloadError(f"{kind} payload must be a JSON object")
+    schema = data.pop("schema", None)
+    if not isinstance(schema, str) or not schema.startswith(f"corral.{kind}/"):
+        raise PayloadError(f"{kind} payload has schema {schema!r}, expected 'corral.{kind}/1'")
+    device_id = data.pop("device_id", None)
+    seq = data.pop("seq", None)
+    ts = data.pop("ts", None)
+    check_device_id(device_id)  # type: ignore[arg-type]
+    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+        raise PayloadError(f"{kind} payload seq must be a non-negative integer, got {seq!r}")
+    if not isinstance(ts, str):
+        raise PayloadError(f"{kind} payload ts must be an ISO 8601 string")
+    _check_body(kind, data)
+    return Message(kind, device_id, seq, ts, data)  # type: ignore[arg-type]

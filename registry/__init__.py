@@ -1,0 +1,3 @@
+"""Corral registry (being built)."""
+
+__all__: list[str] = []

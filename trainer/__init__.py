@@ -1,0 +1,3 @@
+"""Corral trainer (being built)."""
+
+__all__: list[str] = []
