@@ -18,10 +18,17 @@ _find_python() {
 }
 
 _pip() {
-  # Local package mirrors print a warning per package they do not hold; keep real errors.
-  "$PY" -m pip install --quiet --disable-pip-version-check "$@" 2>&1 |
-    grep -v -e "is ignored: it is neither a file nor a directory" -e "^\s*$" >&2 || true
-  return "${PIPESTATUS[0]}"
+  # Quiet on success; on failure show pip's output, less the local mirrors' one-line
+  # notes about packages they do not hold.
+  local log rc=0
+  log="$(mktemp)"
+  "$PY" -m pip install --quiet --disable-pip-version-check "$@" >"$log" 2>&1 || rc=$?
+  if [ "$rc" != 0 ]; then
+    grep -v -e "is ignored: it is neither a file nor a directory" "$log" >&2 || true
+    echo "corral: pip install $* failed (exit $rc)" >&2
+  fi
+  rm -f "$log"
+  return "$rc"
 }
 
 bootstrap() {
