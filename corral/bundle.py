@@ -105,7 +105,8 @@ class InputSpec:
         channels = 1 if self.color == "gray" else 3
         if self.shape[1] != channels:
             raise BundleError(
-                f"{where}: color {self.color!r} needs {channels} channel(s), shape has {self.shape[1]}"
+                f"{where}: color {self.color!r} needs {channels} channel(s), "
+                f"shape has {self.shape[1]}"
             )
         if len(self.mean) != channels or len(self.std) != channels:
             raise BundleError(f"{where}: mean and std need {channels} value(s) each")
@@ -167,7 +168,9 @@ class OutputSpec:
 
     def __post_init__(self) -> None:
         if self.kind not in ("logits", "probabilities"):
-            raise BundleError(f"bundle output: kind {self.kind!r} should be logits or probabilities")
+            raise BundleError(
+                f"bundle output: kind {self.kind!r} should be logits or probabilities"
+            )
         if len(self.labels) < 2 or len(set(self.labels)) != len(self.labels):
             raise BundleError(f"bundle output: need two or more distinct labels, got {self.labels}")
 
@@ -190,7 +193,12 @@ class OutputSpec:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "labels": list(self.labels), "kind": self.kind, **self.unrecognized}
+        return {
+            "name": self.name,
+            "labels": list(self.labels),
+            "kind": self.kind,
+            **self.unrecognized,
+        }
 
 
 @dataclass
@@ -351,7 +359,9 @@ class Bundle:
             if f.variant == variant:
                 return f
         have = sorted({f.variant for f in self.files})
-        raise BundleError(f"bundle {self.name} {self.version} has no {variant!r} variant; has {have}")
+        raise BundleError(
+            f"bundle {self.name} {self.version} has no {variant!r} variant; has {have}"
+        )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Bundle:

@@ -8,11 +8,13 @@ Rooted by whose fault it is::
         ├── PayloadError       an MQTT payload or topic is malformed
         ├── ProfileError       a firmware profile is malformed or none matches
         └── VersionError       a version string is not semver
+    └── ApiError               the registry's API refused a request or could not be reached
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "ApiError",
     "BundleError",
     "ContractError",
     "CorralError",
@@ -44,3 +46,11 @@ class ProfileError(ContractError):
 
 class VersionError(ContractError):
     """A model version is not a semantic version (MAJOR.MINOR.PATCH)."""
+
+
+class ApiError(CorralError):
+    """The registry's HTTP API refused a request (``status``) or could not be reached (0)."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status

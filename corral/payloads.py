@@ -32,8 +32,18 @@ MAX_PAYLOAD_BYTES = 256 * 1024
 _NUM = (int, float)
 # Fields each kind must carry, with their JSON types. None in a tuple allows null.
 _REQUIRED: dict[str, dict[str, tuple[type | None, ...]]] = {
-    "status": {"state": (str,), "model": (str, None), "version": (str, None), "profile": (str, None)},
-    "telemetry": {"cpu_percent": _NUM, "memory_percent": _NUM, "disk_percent": _NUM, "gpus": (list,)},
+    "status": {
+        "state": (str,),
+        "model": (str, None),
+        "version": (str, None),
+        "profile": (str, None),
+    },
+    "telemetry": {
+        "cpu_percent": _NUM,
+        "memory_percent": _NUM,
+        "disk_percent": _NUM,
+        "gpus": (list,),
+    },
     "inference": {
         "window_s": _NUM,
         "frames": (int,),
@@ -100,7 +110,9 @@ def _check_body(kind: str, body: Mapping[str, Any]) -> None:
         raise PayloadError(f"status state {body['state']!r} should be one of {_STATES}")
 
 
-def encode(kind: str, device_id: str, seq: int, body: Mapping[str, Any], ts: str | None = None) -> bytes:
+def encode(
+    kind: str, device_id: str, seq: int, body: Mapping[str, Any], ts: str | None = None
+) -> bytes:
     """Build and validate a payload.
 
     Raises:

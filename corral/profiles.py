@@ -120,7 +120,9 @@ class FirmwareProfile:
         providers = tuple(runtime.get("execution_providers", ["CPUExecutionProvider"]))
         bad = [p for p in providers if p not in _PROVIDERS]
         if bad or not providers:
-            raise ProfileError(f"{source}: unknown execution providers {bad}; known: {sorted(_PROVIDERS)}")
+            raise ProfileError(
+                f"{source}: unknown execution providers {bad}; known: {sorted(_PROVIDERS)}"
+            )
         gpu = match.get("gpu", "any")
         if gpu not in ("none", "nvidia", "any"):
             raise ProfileError(f"{source}: [match] gpu should be none, nvidia or any, got {gpu!r}")
@@ -169,7 +171,9 @@ def load_profile(path: Path) -> FirmwareProfile:
         raise ProfileError(f"firmware profile {path} is not valid TOML: {e}") from e
     profile = FirmwareProfile.from_dict(data, source=str(path))
     if profile.name != Path(path).stem:
-        raise ProfileError(f"{path}: name {profile.name!r} should match the file name {Path(path).stem!r}")
+        raise ProfileError(
+            f"{path}: name {profile.name!r} should match the file name {Path(path).stem!r}"
+        )
     return profile
 
 

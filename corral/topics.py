@@ -51,7 +51,9 @@ def topic(device_id: str, kind: str) -> str:
         PayloadError: bad device id or unknown kind.
     """
     if kind not in AGENT_KINDS and kind not in REGISTRY_KINDS:
-        raise PayloadError(f"unknown message kind {kind!r}; expected one of {AGENT_KINDS + REGISTRY_KINDS}")
+        raise PayloadError(
+            f"unknown message kind {kind!r}; expected one of {AGENT_KINDS + REGISTRY_KINDS}"
+        )
     return f"{PREFIX}/{check_device_id(device_id)}/{kind}"
 
 

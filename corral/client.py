@@ -1,0 +1,135 @@
+"""A small client of the registry's HTTP API, used by the CLI and the demo.
+
+The REST API is the one way the CLI and the console change state, so every
+command goes through here. Errors come back as :class:`corral.errors.ApiError`
+carrying the registry's own ``detail`` message.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from corral.bundle import BUNDLE_FILE, Bundle
+from corral.errors import ApiError
+
+__all__ = ["DEFAULT_REGISTRY", "RegistryClient"]
+
+DEFAULT_REGISTRY = "http://127.0.0.1:8080"
+
+
+class RegistryClient:
+    """Calls the registry's ``/api/v1`` with a bearer token."""
+
+    def __init__(
+        self, base_url: str | None = None, token: str | None = None, timeout: float = 30.0
+    ):
+        self.base_url = (base_url or os.environ.get("CORRAL_REGISTRY") or DEFAULT_REGISTRY).rstrip(
+            "/"
+        )
+        token = token or os.environ.get("CORRAL_TOKEN")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> RegistryClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as e:
+            raise ApiError(
+                f"cannot reach the registry at {self.base_url}: {e}; "
+                "is `corral registry serve` running, and is --registry right?"
+            ) from e
+        if response.status_code >= 400:
+            try:
+                detail = response.json().get("detail", response.text)
+            except ValueError:
+                detail = response.text
+            raise ApiError(
+                f"registry answered {response.status_code}: {detail}", response.status_code
+            )
+        return response.json() if response.content else None
+
+    def health(self) -> bool:
+        """Whether the registry answers ``/healthz``."""
+        try:
+            return bool(self._call("GET", "/healthz").get("ok"))
+        except ApiError:
+            return False
+
+    def create_enrolment_token(self, ttl_s: int = 3600) -> dict[str, Any]:
+        """A one-time enrolment token.
+
+        Raises:
+            ApiError: the registry refused or is unreachable.
+        """
+        return dict(self._call("POST", "/api/v1/enrolment-tokens", json={"ttl_s": ttl_s}))
+
+    def push_model(self, bundle_dir: Path) -> dict[str, Any]:
+        """Upload a bundle directory (bundle.json and the files it lists).
+
+        Raises:
+            BundleError: the directory does not hold a valid, intact bundle.
+            ApiError: the registry refused it (409: version exists; 422: invalid).
+        """
+        bundle_dir = Path(bundle_dir)
+        bundle = Bundle.load(bundle_dir)
+        bundle.verify_files(bundle_dir)
+        handles = [(bundle_dir / f.name).open("rb") for f in bundle.files]
+        try:
+            files: list[tuple[str, tuple[str, Any, str]]] = [
+                (
+                    "bundle",
+                    (BUNDLE_FILE, (bundle_dir / BUNDLE_FILE).read_bytes(), "application/json"),
+                )
+            ]
+            files += [
+                ("files", (f.name, h, "application/octet-stream"))
+                for f, h in zip(bundle.files, handles, strict=True)
+            ]
+            return dict(self._call("POST", "/api/v1/models", files=files))
+        finally:
+            for h in handles:
+                h.close()
+
+    def models(self) -> list[dict[str, Any]]:
+        """Every registered model version."""
+        return list(self._call("GET", "/api/v1/models"))
+
+    def devices(self) -> list[dict[str, Any]]:
+        """Every enrolled device's summary."""
+        return list(self._call("GET", "/api/v1/devices"))
+
+    def device(self, device_id: str) -> dict[str, Any]:
+        """One device's summary with its recent events and seq accounting."""
+        return dict(self._call("GET", f"/api/v1/devices/{device_id}"))
+
+    def start_rollout(
+        self, model: str, version: str, devices: list[str] | None = None
+    ) -> dict[str, Any]:
+        """Set the desired version of ``devices`` (all when None).
+
+        Raises:
+            ApiError: unknown model version or device (404), or bad input (422).
+        """
+        body = {"model": model, "version": version, "devices": devices}
+        return dict(self._call("POST", "/api/v1/rollouts", json=body))
+
+    def rollouts(self) -> list[dict[str, Any]]:
+        """Every rollout, newest first."""
+        return list(self._call("GET", "/api/v1/rollouts"))
+
+    def rollout(self, rollout_id: int | str) -> dict[str, Any]:
+        """One rollout with each device's desired and reported version."""
+        return dict(self._call("GET", f"/api/v1/rollouts/{rollout_id}"))
