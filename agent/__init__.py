@@ -1,3 +1,109 @@
-"""Corral agent (being built)."""
+"""The Corral agent: install signed models, run them on live cameras, report over MQTT.
 
-__all__: list[str] = []
+Install path: :mod:`agent.config`, :mod:`agent.enrol`, :mod:`agent.hardware`,
+:mod:`agent.fetcher`, :mod:`agent.slots`, :mod:`agent.updater`. Run path:
+:mod:`agent.camera`, :mod:`agent.pipeline`, :mod:`agent.runtime`,
+:mod:`agent.telemetry`, :mod:`agent.outbox`, :mod:`agent.mqtt`,
+:mod:`agent.service`; :mod:`agent.cli` is ``corral agent``.
+
+Names are exported lazily (PEP 562): ``import agent`` (and so ``corral
+--help``, which mounts :mod:`agent.cli`) does not load OpenCV, ONNX Runtime,
+paho or TUF until a name that needs them is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any as _Any
+
+_EXPORTS: dict[str, str] = {
+    # errors
+    "AgentError": "agent.errors",
+    "CameraError": "agent.errors",
+    "ConfigError": "agent.errors",
+    "DownloadError": "agent.errors",
+    "EnrolmentError": "agent.errors",
+    "RuntimeLoadError": "agent.errors",
+    "SmokeTestError": "agent.errors",
+    "UpdateError": "agent.errors",
+    "VerificationError": "agent.errors",
+    # install path
+    "AgentConfig": "agent.config",
+    "enrol": "agent.enrol",
+    "choose_profile": "agent.hardware",
+    "detect_facts": "agent.hardware",
+    "HttpxFetcher": "agent.fetcher",
+    "Slot": "agent.slots",
+    "Slots": "agent.slots",
+    "InstallResult": "agent.updater",
+    "Updater": "agent.updater",
+    # run path
+    "Camera": "agent.camera",
+    "CameraSource": "agent.camera",
+    "FileSource": "agent.camera",
+    "FolderSource": "agent.camera",
+    "Frame": "agent.camera",
+    "LatestFrame": "agent.camera",
+    "MemorySource": "agent.camera",
+    "parse_camera": "agent.camera",
+    "ModelRuntime": "agent.runtime",
+    "Pipeline": "agent.pipeline",
+    "SwapRecord": "agent.pipeline",
+    "Nvml": "agent.telemetry",
+    "sample_telemetry": "agent.telemetry",
+    "Outbox": "agent.outbox",
+    "OutboxRow": "agent.outbox",
+    "AgentLink": "agent.mqtt",
+    "AgentService": "agent.service",
+}
+
+__all__ = [
+    "AgentConfig",
+    "AgentError",
+    "AgentLink",
+    "AgentService",
+    "Camera",
+    "CameraError",
+    "CameraSource",
+    "ConfigError",
+    "DownloadError",
+    "EnrolmentError",
+    "FileSource",
+    "FolderSource",
+    "Frame",
+    "HttpxFetcher",
+    "InstallResult",
+    "LatestFrame",
+    "MemorySource",
+    "ModelRuntime",
+    "Nvml",
+    "Outbox",
+    "OutboxRow",
+    "Pipeline",
+    "RuntimeLoadError",
+    "Slot",
+    "Slots",
+    "SmokeTestError",
+    "SwapRecord",
+    "UpdateError",
+    "Updater",
+    "VerificationError",
+    "choose_profile",
+    "detect_facts",
+    "enrol",
+    "parse_camera",
+    "sample_telemetry",
+]
+
+
+def __getattr__(name: str) -> _Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'agent' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -267,3 +267,7 @@ def main() -> None:
     )
     _mount_roles()
     app()
+
+
+if __name__ == "__main__":
+    main()

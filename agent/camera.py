@@ -1,0 +1,463 @@
+"""Camera sources and the latest-frame slot they feed.
+
+Every camera runs its own capture thread::
+
+    source.read() ──▶ Frame ──▶ LatestFrame.put() ──▶ (pipeline) LatestFrame.take()
+                                  │ a frame overwritten before it was taken
+                                  └─▶ counts as a drop
+
+The slot holds one frame: the newest frame wins, so a slow consumer never
+works on stale frames and never makes the camera queue up memory. Every
+``put`` sets a shared :class:`threading.Event` so that the pipeline can sleep
+until any camera has something new instead of spinning.
+
+Sources are given as URIs (:func:`parse_camera`):
+
+- ``folder:/path?fps=20&loop=1&seed=0``: an ImageFolder tree
+  ``path/<label>/*.png|jpg`` shown in a fixed shuffled order; each frame
+  carries its folder name as ground truth (the demo's simulated camera).
+- ``file:/path/video.mp4?loop=1``: a video played at its own frame rate,
+  looping; an optional sidecar ``video.mp4.labels.json`` holding
+  ``{"labels": [label per frame index]}`` gives ground truth.
+
+:class:`MemorySource` serves frames from memory for tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import cv2
+import numpy as np
+
+from agent.errors import CameraError
+
+__all__ = [
+    "Camera",
+    "CameraSource",
+    "FileSource",
+    "FolderSource",
+    "Frame",
+    "LatestFrame",
+    "MemorySource",
+    "parse_camera",
+]
+
+logger = logging.getLogger(__name__)
+
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+_DEFAULT_VIDEO_FPS = 25.0
+_REOPEN_DELAY_S = 1.0
+
+
+@dataclass(slots=True)
+class Frame:
+    """One captured image.
+
+    ``image`` is uint8, H x W (gray) or H x W x 3 (BGR, as OpenCV gives it);
+    ``label`` is the ground truth when the source knows it; ``captured`` is the
+    :func:`time.monotonic` time of capture, from which latency is measured.
+    """
+
+    camera_id: str
+    index: int
+    image: np.ndarray
+    label: str | None
+    captured: float
+
+
+class LatestFrame:
+    """A one-frame slot: the newest frame wins, overwritten frames count as drops.
+
+    Args:
+        signal: set on every ``put`` so that a consumer can wait for any of many slots.
+    """
+
+    def __init__(self, signal: threading.Event | None = None) -> None:
+        self._lock = threading.Lock()
+        self._frame: Frame | None = None
+        self._taken = threading.Event()
+        self._taken.set()
+        self.signal = signal if signal is not None else threading.Event()
+        self.puts = 0
+        self.drops = 0
+
+    def put(self, frame: Frame) -> None:
+        """Store ``frame``, replacing (and counting as dropped) one that was not taken."""
+        with self._lock:
+            if self._frame is not None:
+                self.drops += 1
+            self._frame = frame
+            self.puts += 1
+            self._taken.clear()
+        self.signal.set()
+
+    def take(self) -> Frame | None:
+        """Remove and return the newest frame, or None if none arrived since the last take."""
+        with self._lock:
+            frame, self._frame = self._frame, None
+        if frame is not None:
+            self._taken.set()
+        return frame
+
+    def pending(self) -> bool:
+        """Whether a frame is waiting to be taken."""
+        return self._frame is not None
+
+    def wait_taken(self, timeout: float) -> bool:
+        """Wait until the slot is empty.
+
+        Returns:
+            Whether it is empty.
+        """
+        return self._taken.wait(timeout)
+
+
+class CameraSource:
+    """Where frames come from; subclasses implement :meth:`open` and :meth:`read`.
+
+    ``fps`` is the pace the capture thread keeps; None means "as fast as the
+    consumer takes frames" (no drops: the benchmark mode).
+    """
+
+    camera_id: str
+    fps: float | None = None
+
+    def open(self) -> None:
+        """Open the source.
+
+        Raises:
+            CameraError: the source cannot be opened.
+        """
+
+    def read(self) -> tuple[np.ndarray, str | None] | None:
+        """The next image and its label, or None at the end of a non-looping source.
+
+        Raises:
+            CameraError: the source failed while reading.
+        """
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the source's resources."""
+
+
+class MemorySource(CameraSource):
+    """Frames from memory, looping; for tests and benchmarks.
+
+    Args:
+        frames: images (uint8 H x W or H x W x 3).
+        labels: ground truth per frame, or None.
+        fps: pace; None = as fast as the consumer takes them.
+        camera_id: the camera's name.
+        loop: start again after the last frame.
+    """
+
+    def __init__(
+        self,
+        frames: Sequence[np.ndarray],
+        labels: Sequence[str | None] | None = None,
+        fps: float | None = None,
+        camera_id: str = "memory",
+        loop: bool = True,
+    ) -> None:
+        if not frames:
+            raise CameraError("MemorySource needs at least one frame")
+        if labels is not None and len(labels) != len(frames):
+            raise CameraError(f"MemorySource got {len(frames)} frames but {len(labels)} labels")
+        self.frames = list(frames)
+        self.labels: list[str | None] = list(labels) if labels is not None else [None] * len(frames)
+        self.fps = fps
+        self.camera_id = camera_id
+        self.loop = loop
+        self._next = 0
+
+    def read(self) -> tuple[np.ndarray, str | None] | None:
+        """The next frame; see :meth:`CameraSource.read`."""
+        i = self._next
+        if i >= len(self.frames):
+            if not self.loop:
+                return None
+            i = 0
+        self._next = i + 1
+        return self.frames[i], self.labels[i]
+
+
+class FolderSource(CameraSource):
+    """An ImageFolder tree shown as a camera: ``root/<label>/*.png|jpg``.
+
+    Files are shown in a fixed order shuffled with ``seed``, so a run is
+    reproducible; each frame is labelled with its folder's name.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        fps: float | None = 20.0,
+        loop: bool = True,
+        seed: int = 0,
+        camera_id: str | None = None,
+    ) -> None:
+        self.root = Path(root)
+        self.fps = fps
+        self.loop = loop
+        self.seed = seed
+        self.camera_id = camera_id or self.root.name or "folder"
+        self.items: list[tuple[Path, str]] = []
+        self._next = 0
+
+    def open(self) -> None:
+        """List and shuffle the images.
+
+        Raises:
+            CameraError: the folder is missing or holds no images in label sub-folders.
+        """
+        if not self.root.is_dir():
+            raise CameraError(
+                f"camera folder {self.root} does not exist; expected an ImageFolder tree "
+                "root/<label>/*.png"
+            )
+        items = sorted(
+            (path, sub.name)
+            for sub in self.root.iterdir()
+            if sub.is_dir()
+            for path in sub.iterdir()
+            if path.suffix.lower() in _IMAGE_SUFFIXES
+        )
+        if not items:
+            raise CameraError(
+                f"camera folder {self.root} has no images in label sub-folders "
+                f"(root/<label>/*{'|'.join(_IMAGE_SUFFIXES)})"
+            )
+        random.Random(self.seed).shuffle(items)
+        self.items = items
+        self._next = 0
+
+    def read(self) -> tuple[np.ndarray, str | None] | None:
+        """Decode the next image; see :meth:`CameraSource.read`.
+
+        Raises:
+            CameraError: an image cannot be decoded.
+        """
+        if self._next >= len(self.items):
+            if not self.loop or not self.items:
+                return None
+            self._next = 0
+        path, label = self.items[self._next]
+        self._next += 1
+        image = cv2.imread(str(path), cv2.IMREAD_ANYCOLOR)
+        if image is None:
+            raise CameraError(f"camera folder {self.root}: cannot decode image {path}")
+        return image, label
+
+
+class FileSource(CameraSource):
+    """A video file played at its own frame rate, looping, through OpenCV."""
+
+    def __init__(self, path: Path, loop: bool = True, camera_id: str | None = None) -> None:
+        self.path = Path(path)
+        self.loop = loop
+        self.camera_id = camera_id or self.path.stem or "file"
+        self.fps = _DEFAULT_VIDEO_FPS
+        self.labels: list[str | None] = []
+        self._capture: Any = None
+        self._index = 0
+
+    def open(self) -> None:
+        """Open the video and its optional labels sidecar.
+
+        Raises:
+            CameraError: the file is missing or OpenCV cannot decode it, or the sidecar is bad.
+        """
+        if not self.path.is_file():
+            raise CameraError(f"camera video {self.path} does not exist")
+        capture = cv2.VideoCapture(str(self.path))
+        if not capture.isOpened():
+            raise CameraError(
+                f"OpenCV cannot open camera video {self.path}; is the codec supported?"
+            )
+        fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
+        # Some containers report 0 or nonsense; play those at a common camera rate.
+        self.fps = fps if 0 < fps <= 1000 else _DEFAULT_VIDEO_FPS
+        self._capture = capture
+        self._index = 0
+        sidecar = self.path.with_name(self.path.name + ".labels.json")
+        if sidecar.is_file():
+            try:
+                labels = json.loads(sidecar.read_text())["labels"]
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                raise CameraError(
+                    f'labels sidecar {sidecar} should hold {{"labels": [label per frame]}}: {e}'
+                ) from e
+            if not isinstance(labels, list):
+                raise CameraError(f"labels sidecar {sidecar}: 'labels' should be a list")
+            self.labels = [None if v is None else str(v) for v in labels]
+
+    def read(self) -> tuple[np.ndarray, str | None] | None:
+        """Decode the next frame, rewinding at the end; see :meth:`CameraSource.read`.
+
+        Raises:
+            CameraError: the video cannot be read even from its start.
+        """
+        ok, image = self._capture.read()
+        if not ok:
+            if not self.loop:
+                return None
+            self._capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
+            self._index = 0
+            ok, image = self._capture.read()
+            if not ok:
+                raise CameraError(f"camera video {self.path} yields no frames")
+        index = self._index
+        self._index += 1
+        label = self.labels[index] if index < len(self.labels) else None
+        return image, label
+
+    def close(self) -> None:
+        """Release the OpenCV capture."""
+        if self._capture is not None:
+            self._capture.release()
+            self._capture = None
+
+
+class Camera:
+    """A source and the capture thread that feeds its :class:`LatestFrame` slot.
+
+    Args:
+        source: where frames come from.
+        signal: shared wake-up event set on every new frame (see :class:`LatestFrame`).
+    """
+
+    def __init__(self, source: CameraSource, signal: threading.Event | None = None) -> None:
+        self.source = source
+        self.camera_id = source.camera_id
+        self.slot = LatestFrame(signal)
+        self.error: str | None = None
+        self.ended = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def captured(self) -> int:
+        """Frames captured so far."""
+        return self.slot.puts
+
+    @property
+    def drops(self) -> int:
+        """Frames overwritten before the pipeline took them."""
+        return self.slot.drops
+
+    def start(self) -> None:
+        """Open the source and start the capture thread.
+
+        Raises:
+            CameraError: the source cannot be opened.
+        """
+        self.source.open()
+        self._stop.clear()
+        self._thread = threading.Thread(
+            target=self._run, name=f"camera-{self.camera_id}", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the capture thread and close the source."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        self.source.close()
+
+    def _run(self) -> None:
+        index = 0
+        period = 1.0 / self.source.fps if self.source.fps else 0.0
+        deadline = time.monotonic()
+        while not self._stop.is_set():
+            if period:
+                delay = deadline - time.monotonic()
+                if delay > 0 and self._stop.wait(delay):
+                    break
+                # Behind by more than a frame: skip ahead instead of bursting.
+                deadline = max(deadline + period, time.monotonic() - period)
+            # Benchmark mode: hand over the next frame as soon as the last one is taken.
+            elif not self.slot.wait_taken(0.1):
+                continue
+            try:
+                item = self.source.read()
+            except CameraError as e:
+                self.error = str(e)
+                logger.warning("camera %s failed: %s; reopening", self.camera_id, e)
+                if self._reopen():
+                    continue
+                break
+            if item is None:
+                self.ended = True
+                logger.info("camera %s reached the end of its source", self.camera_id)
+                break
+            image, label = item
+            self.slot.put(Frame(self.camera_id, index, image, label, time.monotonic()))
+            index += 1
+
+    def _reopen(self) -> bool:
+        # Supervision: keep trying to reopen a failed source until stopped.
+        while not self._stop.wait(_REOPEN_DELAY_S):
+            self.source.close()
+            try:
+                self.source.open()
+            except CameraError as e:
+                self.error = str(e)
+                continue
+            self.error = None
+            logger.info("camera %s is back", self.camera_id)
+            return True
+        return False
+
+
+def parse_camera(uri: str, camera_id: str | None = None) -> CameraSource:
+    """Build a source from a camera URI.
+
+    Args:
+        uri: ``folder:/path?fps=20&loop=1&seed=0`` or ``file:/path/video.mp4?loop=1``;
+            both accept ``id=NAME`` to name the camera.
+        camera_id: the camera's name when the URI has no ``id``; defaults to the path's name.
+
+    Returns:
+        The source, not yet opened (opening happens in :meth:`Camera.start`).
+
+    Raises:
+        CameraError: an unknown scheme or a bad parameter.
+    """
+    parts = urlsplit(uri)
+    scheme = parts.scheme.lower()
+    path = Path(parts.netloc + parts.path) if parts.netloc else Path(parts.path)
+    if not parts.path and not parts.netloc:
+        raise CameraError(f"camera URI {uri!r} has no path; e.g. folder:/data/images?fps=20")
+    params = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    name = params.pop("id", None) or camera_id
+    try:
+        loop = params.pop("loop", "1") not in ("0", "false", "no")
+        if scheme == "folder":
+            fps_text = params.pop("fps", "20")
+            fps = float(fps_text) if fps_text not in ("0", "max") else None
+            seed = int(params.pop("seed", "0"))
+            source: CameraSource = FolderSource(path, fps=fps, loop=loop, seed=seed, camera_id=name)
+        elif scheme == "file":
+            source = FileSource(path, loop=loop, camera_id=name)
+        else:
+            raise CameraError(
+                f"camera URI {uri!r} has unknown scheme {parts.scheme!r}; use folder: or file:"
+            )
+    except ValueError as e:
+        raise CameraError(f"camera URI {uri!r} has a bad parameter: {e}") from e
+    if params:
+        raise CameraError(f"camera URI {uri!r} has unknown parameters {sorted(params)}")
+    return source

@@ -1,0 +1,307 @@
+"""The agent's MQTT link: status, last will, the outbox sender and the desired hint.
+
+``AgentLink`` wraps paho-mqtt 2 (``CallbackAPIVersion.VERSION2``); paho's
+return codes and callbacks stop here. The order of things:
+
+1. :meth:`AgentLink.start` reserves a seq in the outbox for the last will
+   (a retained ``offline`` status), sets the will, and connects in the
+   background (``connect_async`` + ``loop_start``): the agent runs and
+   enqueues while the broker is away.
+2. On every connect: enqueue a retained ``online`` status (seq'd through the
+   outbox like everything else) and subscribe to the device's ``desired``
+   topic (QoS 1). A retained desired hint arrives right away and goes to the
+   ``on_desired`` callback, decoded; a bad payload is logged and dropped.
+3. The sender thread drains the outbox in seq order with QoS 1, at most
+   ``max_inflight`` unacknowledged at once, and marks a row sent when paho's
+   ``on_publish`` reports its PUBACK (matched by message id). While
+   disconnected it sends nothing; paho's persistent session
+   (``clean_session=False``) re-sends what was in flight when it reconnects.
+4. After an unexpected disconnect a new seq is reserved for the will of the
+   next connection (the broker fired the old one).
+5. :meth:`AgentLink.stop` enqueues the ``offline`` status with the will's
+   seq, waits (bounded) for its PUBACK, and disconnects cleanly, so the
+   broker drops the will and the retained status says ``offline``.
+
+``on_publish`` runs in paho's network thread while paho holds its own lock;
+it only queues the acknowledged message id for the sender thread, which owns
+the in-flight table (calling back into paho from there could deadlock).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from agent.outbox import Outbox
+from corral.errors import PayloadError
+from corral.payloads import decode, encode
+from corral.topics import topic
+
+__all__ = ["AgentLink", "LinkStats"]
+
+logger = logging.getLogger(__name__)
+
+DesiredCallback = Callable[[dict[str, Any]], None]
+StatusBody = Callable[[], Mapping[str, Any]]
+
+
+@dataclass
+class LinkStats:
+    """Counters of one link, for logs and tests."""
+
+    connects: int = 0
+    disconnects: int = 0
+    published: int = 0
+    acked: int = 0
+    bad_desired: int = 0
+
+
+class AgentLink:
+    """One device's connection to the broker.
+
+    Args:
+        device_id: the enrolled device id.
+        host: broker host.
+        port: broker port.
+        outbox: the device's outbox; everything sent comes from it.
+        on_desired: called with the decoded ``desired`` body (model, version); runs in
+            paho's thread, so it must only hand the work over.
+        status_body: returns the status fields besides ``state`` (model, version, profile...).
+        username: broker user name (the device id when the broker checks credentials).
+        password: broker password (the device token).
+        keepalive: MQTT keepalive in seconds; the will fires about 1.5 x this after a loss.
+        max_inflight: the most unacknowledged messages at once.
+    """
+
+    def __init__(
+        self,
+        device_id: str,
+        host: str,
+        port: int,
+        outbox: Outbox,
+        on_desired: DesiredCallback | None = None,
+        status_body: StatusBody | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        keepalive: int = 30,
+        max_inflight: int = 16,
+    ) -> None:
+        self.device_id = device_id
+        self.host = host
+        self.port = port
+        self.outbox = outbox
+        self.on_desired = on_desired
+        self.status_body = status_body or (
+            lambda: {"model": None, "version": None, "profile": None}
+        )
+        self.keepalive = keepalive
+        self.max_inflight = max_inflight
+        self.stats = LinkStats()
+        self._desired_topic = topic(device_id, "desired")
+        self._status_topic = topic(device_id, "status")
+        self._client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=f"corral-agent-{device_id}",
+            clean_session=False,
+        )
+        if username is not None:
+            self._client.username_pw_set(username, password)
+        self._client.max_inflight_messages_set(max(max_inflight, 1))
+        self._client.reconnect_delay_set(1, 30)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_publish = self._on_publish
+        self._client.on_message = self._on_message
+        self._connected = threading.Event()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._acks: collections.deque[int] = collections.deque()
+        self._inflight: dict[int, int] = {}  # mid -> seq; owned by the sender thread
+        self._inflight_seqs: set[int] = set()
+        self._will_seq: int | None = None
+        self._sender: threading.Thread | None = None
+        self._started = False
+
+    @property
+    def connected(self) -> bool:
+        """Whether the broker accepted the connection and it is up."""
+        return self._connected.is_set()
+
+    def wait_connected(self, timeout: float) -> bool:
+        """Wait until connected.
+
+        Returns:
+            Whether the link is connected.
+        """
+        return self._connected.wait(timeout)
+
+    # --- lifecycle --------------------------------------------------------------
+
+    def _set_will(self) -> None:
+        self._will_seq = self.outbox.reserve_seq()
+        body = {**self.status_body(), "state": "offline"}
+        payload = encode("status", self.device_id, self._will_seq, body)
+        self._client.will_set(self._status_topic, payload, qos=1, retain=True)
+
+    def start(self) -> None:
+        """Connect in the background and start sending the outbox.
+
+        The broker may be down: the link keeps retrying, and messages wait in the outbox.
+        """
+        self._stopping.clear()
+        self._set_will()
+        self._client.connect_async(self.host, self.port, keepalive=self.keepalive)
+        self._client.loop_start()
+        self._sender = threading.Thread(target=self._send_loop, name="mqtt-sender", daemon=True)
+        self._sender.start()
+        self._started = True
+
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Say ``offline``, wait (bounded) for the broker to acknowledge it, and disconnect.
+
+        Args:
+            timeout: how long to wait for the outbox to drain up to the offline status.
+
+        Returns:
+            Whether the offline status was acknowledged; if not, it stays in the outbox
+            and goes out after the next start (the will covers the meantime).
+        """
+        if not self._started:
+            return False
+        seq = self._will_seq if self._will_seq is not None else self.outbox.reserve_seq()
+        self.outbox.put("status", {**self.status_body(), "state": "offline"}, seq=seq)
+        self._wake.set()
+        deadline = time.monotonic() + timeout
+        acked = False
+        while time.monotonic() < deadline:
+            if self.connected and self.outbox.is_sent(seq):
+                acked = True
+                break
+            time.sleep(0.02)
+        self._stopping.set()
+        self._wake.set()
+        if self._sender is not None:
+            self._sender.join(timeout)
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._connected.clear()
+        self._started = False
+        return acked
+
+    def publish(self, kind: str, body: Mapping[str, Any]) -> int:
+        """Enqueue a message; the sender thread delivers it.
+
+        Returns:
+            Its seq.
+
+        Raises:
+            PayloadError: the body breaks the payload contract.
+        """
+        seq = self.outbox.put(kind, body)
+        self._wake.set()
+        return seq
+
+    def publish_status(self) -> int:
+        """Enqueue a retained ``online`` status with the current :attr:`status_body`.
+
+        Returns:
+            Its seq.
+        """
+        return self.publish("status", {**self.status_body(), "state": "online"})
+
+    # --- paho callbacks (paho's thread) -------------------------------------------
+
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
+        if reason.is_failure:
+            logger.warning("broker %s:%s refused the connection: %s", self.host, self.port, reason)
+            return
+        self.stats.connects += 1
+        logger.info("connected to broker %s:%s", self.host, self.port)
+        client.subscribe(self._desired_topic, qos=1)
+        self._connected.set()
+        self.publish_status()
+
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
+        was = self._connected.is_set()
+        self._connected.clear()
+        self.stats.disconnects += 1
+        if self._stopping.is_set():
+            return
+        if was:
+            logger.warning("lost the broker (%s); retrying, messages wait in the outbox", reason)
+        # The broker fires the old will; the next connection needs a will of its own.
+        self._set_will()
+
+    def _on_publish(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, properties: Any
+    ) -> None:
+        self._acks.append(mid)
+        self._wake.set()
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        if message.topic != self._desired_topic:
+            return
+        if not message.payload:
+            return  # a cleared retained hint
+        try:
+            desired = decode("desired", message.payload)
+        except PayloadError as e:
+            self.stats.bad_desired += 1
+            logger.warning("ignoring a bad desired payload on %s: %s", message.topic, e)
+            return
+        if self.on_desired is not None:
+            self.on_desired(dict(desired.body))
+
+    # --- sender (its own thread) ----------------------------------------------------
+
+    def _take_acks(self) -> None:
+        while self._acks:
+            mid = self._acks.popleft()
+            seq = self._inflight.pop(mid, None)
+            if seq is None:
+                continue
+            self._inflight_seqs.discard(seq)
+            self.outbox.mark_sent(seq)
+            self.stats.acked += 1
+
+    def _send_loop(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.wait(0.5)
+            self._wake.clear()
+            self._take_acks()
+            if not self._connected.is_set():
+                continue
+            room = self.max_inflight - len(self._inflight)
+            if room <= 0:
+                continue
+            rows = self.outbox.pending(limit=room + len(self._inflight_seqs))
+            for row in rows:
+                if row.seq in self._inflight_seqs:
+                    continue
+                if room <= 0 or not self._connected.is_set():
+                    break
+                info = self._client.publish(
+                    topic(self.device_id, row.kind), row.payload, qos=1, retain=row.kind == "status"
+                )
+                if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+                    logger.warning(
+                        "publishing seq %s failed: %s", row.seq, mqtt.error_string(info.rc)
+                    )
+                    break
+                # NO_CONN: paho queued it and sends it on reconnect; it is in flight either way.
+                self._inflight[info.mid] = row.seq
+                self._inflight_seqs.add(row.seq)
+                self.stats.published += 1
+                room -= 1
+            self._take_acks()

@@ -1,0 +1,191 @@
+"""Store-and-forward for everything the agent publishes.
+
+Every message is encoded and written to ``{data_dir}/outbox.db`` (SQLite, WAL,
+``synchronous=FULL``) before anything tries to send it, with the next value of
+the device's one sequence counter. The MQTT link sends unsent rows in seq
+order and marks each sent only when the broker acknowledged it, so a broker
+outage, a crash or a restart loses nothing that was enqueued: rows are sent
+later, at worst twice (the registry stores by ``(device_id, seq)``).
+
+The counter lives in the same database and moves in the same transaction as
+the row it numbers, so it survives restarts and never repeats. A seq can also
+be reserved without a row: the last will's ``offline`` status is built at
+connect time with a reserved seq, so a will the broker fires fills its own
+place in the sequence.
+
+Sent rows are kept (bounded by ``keep_sent``) for inspection, then pruned.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from corral.payloads import encode
+
+__all__ = ["OUTBOX_FILE", "Outbox", "OutboxRow"]
+
+logger = logging.getLogger(__name__)
+
+OUTBOX_FILE = "outbox.db"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS counter (
+    id INTEGER PRIMARY KEY CHECK (id = 0),
+    next_seq INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO counter (id, next_seq) VALUES (0, 0);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    sent INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS outbox_unsent ON outbox (sent, seq);
+"""
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    """One stored message: its seq, kind (which picks the topic) and encoded payload."""
+
+    seq: int
+    kind: str
+    payload: bytes
+
+
+class Outbox:
+    """The persistent queue and sequence counter of one device.
+
+    Args:
+        data_dir: where ``outbox.db`` lives (created if missing).
+        device_id: the device whose payloads this outbox numbers.
+        keep_sent: how many sent rows to keep before pruning the oldest.
+
+    Raises:
+        sqlite3.Error: the database cannot be opened or is not an outbox.
+    """
+
+    def __init__(self, data_dir: Path, device_id: str, keep_sent: int = 1000) -> None:
+        self.path = Path(data_dir) / OUTBOX_FILE
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.device_id = device_id
+        self.keep_sent = keep_sent
+        self._lock = threading.Lock()
+        # One connection shared by the agent's threads, serialised by self._lock.
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        self._since_prune = 0
+
+    def close(self) -> None:
+        """Close the database; unsent rows stay for the next start."""
+        with self._lock:
+            self._db.close()
+
+    def _next_seq(self) -> int:
+        # Inside a transaction: take the counter and move it on.
+        (seq,) = self._db.execute("SELECT next_seq FROM counter WHERE id = 0").fetchone()
+        self._db.execute("UPDATE counter SET next_seq = ? WHERE id = 0", (seq + 1,))
+        return int(seq)
+
+    def reserve_seq(self) -> int:
+        """Take the next seq without storing a message (for the last will).
+
+        Returns:
+            The reserved seq; no later call returns it again.
+        """
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                seq = self._next_seq()
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        return seq
+
+    def put(self, kind: str, body: Mapping[str, Any], seq: int | None = None) -> int:
+        """Encode a message with the next seq and store it unsent.
+
+        Args:
+            kind: the payload kind (``status``, ``telemetry``, ...).
+            body: the kind's fields.
+            seq: a seq from :meth:`reserve_seq` to use instead of a new one.
+
+        Returns:
+            The message's seq.
+
+        Raises:
+            PayloadError: the body breaks the payload contract (nothing is stored).
+        """
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                if seq is None:
+                    seq = self._next_seq()
+                payload = encode(kind, self.device_id, seq, body)
+                self._db.execute(
+                    "INSERT OR REPLACE INTO outbox (seq, kind, payload, sent) VALUES (?, ?, ?, 0)",
+                    (seq, kind, payload),
+                )
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        return seq
+
+    def pending(self, limit: int = 100, after: int = -1) -> list[OutboxRow]:
+        """Unsent messages in seq order.
+
+        Args:
+            limit: the most rows to return.
+            after: only rows with a seq above this.
+        """
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, kind, payload FROM outbox WHERE sent = 0 AND seq > ? "
+                "ORDER BY seq LIMIT ?",
+                (after, limit),
+            ).fetchall()
+        return [OutboxRow(int(s), str(k), bytes(p)) for s, k, p in rows]
+
+    def count_pending(self) -> int:
+        """How many messages wait to be sent."""
+        with self._lock:
+            (n,) = self._db.execute("SELECT COUNT(*) FROM outbox WHERE sent = 0").fetchone()
+        return int(n)
+
+    def is_sent(self, seq: int) -> bool:
+        """Whether the message ``seq`` was acknowledged (or pruned after it was)."""
+        with self._lock:
+            row = self._db.execute("SELECT sent FROM outbox WHERE seq = ?", (seq,)).fetchone()
+        return row is None or bool(row[0])
+
+    def mark_sent(self, seq: int) -> None:
+        """Record that the broker acknowledged ``seq``; prune old sent rows now and then."""
+        with self._lock:
+            self._db.execute("UPDATE outbox SET sent = 1 WHERE seq = ?", (seq,))
+            self._since_prune += 1
+            if self._since_prune >= max(1, self.keep_sent // 10):
+                self._since_prune = 0
+                self._prune()
+
+    def _prune(self) -> None:
+        self._db.execute(
+            "DELETE FROM outbox WHERE sent = 1 AND seq NOT IN "
+            "(SELECT seq FROM outbox WHERE sent = 1 ORDER BY seq DESC LIMIT ?)",
+            (self.keep_sent,),
+        )
+
+    def next_seq(self) -> int:
+        """The seq the next message will get."""
+        with self._lock:
+            (seq,) = self._db.execute("SELECT next_seq FROM counter WHERE id = 0").fetchone()
+        return int(seq)

@@ -1,0 +1,483 @@
+"""The running agent: cameras, pipeline, MQTT link, reconciler and reporter.
+
+Start order (:meth:`AgentService.start`):
+
+1. load ``agent.json`` and choose the firmware profile;
+2. open the outbox and load the current installed model, if any (a model that
+   no longer loads is reported in an event and the agent runs without one);
+3. start the cameras (a source that cannot be opened stops the start: an
+   operator's mistake should be loud), then the pipeline with the profile's
+   batch size;
+4. start the MQTT link (retained ``online`` status naming the model), the
+   reconciler thread and the reporter thread.
+
+Threads and what they own::
+
+    camera-*     capture → LatestFrame slots
+    pipeline     batches → ModelRuntime → statistics windows
+    reconciler   desired (MQTT hint, or HTTP poll every poll_interval_s) vs installed →
+                 Updater.install → Pipeline.swap → events + status; one install at a time
+    reporter     inference + accuracy every report_interval_s, telemetry every
+                 profile.telemetry_interval_s, camera lost/found events
+    mqtt-sender  outbox → broker (see agent.mqtt)
+
+Installs never run on the pipeline thread: the pipeline keeps serving the old
+model until the new one is loaded and smoke-tested, then switches between two
+batches. A failed version is retried only after a backoff that doubles with
+each failure, so a bad release cannot make the agent loop.
+
+While no model is installed, cameras run but nothing is inferred; their
+frames are overwritten and count as drops, and no inference windows are sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any, Protocol
+
+import httpx
+
+import corral
+from agent.camera import Camera, parse_camera
+from agent.errors import AgentError, UpdateError
+from agent.mqtt import AgentLink
+from agent.outbox import Outbox
+from agent.pipeline import Pipeline
+from agent.runtime import ModelRuntime
+from agent.telemetry import Nvml, sample_telemetry
+from corral.bundle import Bundle
+from corral.profiles import FirmwareProfile
+
+__all__ = ["AgentService", "InstallBackoff"]
+
+logger = logging.getLogger(__name__)
+
+_POLL_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
+
+
+class _InstallResult(Protocol):
+    model: str
+    version: str
+    seconds: float
+    runtime: ModelRuntime
+
+
+class _Updater(Protocol):
+    def install(self, model: str, version: str) -> Any: ...
+
+    def current(self) -> Any: ...
+
+
+DesiredPoll = Callable[[], tuple[str | None, str | None] | None]
+
+
+@dataclass
+class InstallBackoff:
+    """Failed versions and when each may be tried again (doubling, capped)."""
+
+    base_s: float = 30.0
+    max_s: float = 3600.0
+
+    def __post_init__(self) -> None:
+        self._failures: dict[tuple[str, str], tuple[int, float]] = {}
+
+    def failed(self, key: tuple[str, str], now: float) -> float:
+        """Record a failure of ``key``.
+
+        Returns:
+            Seconds until the next try.
+        """
+        count = self._failures.get(key, (0, 0.0))[0] + 1
+        delay = min(self.base_s * 2 ** (count - 1), self.max_s)
+        self._failures[key] = (count, now + delay)
+        return delay
+
+    def allowed(self, key: tuple[str, str], now: float) -> bool:
+        """Whether ``key`` may be tried at ``now``."""
+        entry = self._failures.get(key)
+        return entry is None or now >= entry[1]
+
+    def failures(self, key: tuple[str, str]) -> int:
+        """How often ``key`` failed."""
+        return self._failures.get(key, (0, 0.0))[0]
+
+
+def _load_runtime(
+    bundle: Bundle, path: Path, profile: FirmwareProfile, variant: str | None
+) -> ModelRuntime:
+    variants = {f.variant for f in bundle.files}
+    chosen = variant or (profile.variant if profile.variant in variants else "fp32")
+    return ModelRuntime.load(
+        bundle,
+        path,
+        providers=profile.execution_providers,
+        variant=chosen,
+        intra_op_threads=profile.intra_op_threads,
+    )
+
+
+class AgentService:
+    """One agent process: see the module docstring for what runs where.
+
+    Args:
+        data_dir: the agent's data folder (agent.json, outbox.db, models/).
+        cameras: camera URIs (see :func:`agent.camera.parse_camera`).
+        config: the configuration; None loads ``{data_dir}/agent.json``.
+        profile: the firmware profile; None chooses it from the config and hardware.
+        updater: installs models; None builds ``agent.updater.Updater``.
+        poll_desired: returns the desired (model, version), or None when unknown;
+            None polls ``{registry}/api/v1/devices/{id}/desired`` over HTTP.
+        retry_backoff_s: the first wait before a failed version is tried again.
+        nvml: the GPU telemetry reader; None uses pynvml when installed.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        cameras: Sequence[str],
+        *,
+        config: Any = None,
+        profile: FirmwareProfile | None = None,
+        updater: _Updater | None = None,
+        poll_desired: DesiredPoll | None = None,
+        retry_backoff_s: float = 30.0,
+        nvml: Nvml | None = None,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.camera_uris = list(cameras)
+        self.config = config
+        self.profile = profile
+        self.updater = updater
+        self._poll_desired = poll_desired
+        self.backoff = InstallBackoff(base_s=retry_backoff_s)
+        self._nvml = nvml
+        self.cameras: list[Camera] = []
+        self.pipeline: Pipeline | None = None
+        self.link: AgentLink | None = None
+        self.outbox: Outbox | None = None
+        self.installs = 0
+        self._desired: tuple[str | None, str | None] | None = None
+        self._desired_gen = 0  # bumped by every MQTT hint
+        self._kick = threading.Event()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._camera_errors: dict[str, str | None] = {}
+
+    # --- state ------------------------------------------------------------------
+
+    @property
+    def installed(self) -> tuple[str, str] | None:
+        """(model, version) the pipeline runs, or None."""
+        runtime = self.pipeline.runtime if self.pipeline is not None else None
+        return None if runtime is None else (runtime.bundle.name, runtime.bundle.version)
+
+    @property
+    def device_id(self) -> str:
+        """The enrolled device id."""
+        return str(self.config.device_id)
+
+    def status_body(self) -> dict[str, Any]:
+        """The fields of this agent's status besides ``state``."""
+        installed = self.installed
+        return {
+            "model": installed[0] if installed else None,
+            "version": installed[1] if installed else None,
+            "profile": self.profile.name if self.profile is not None else None,
+            "agent_version": corral.__version__,
+            "cameras": [c.camera_id for c in self.cameras],
+        }
+
+    # --- lifecycle ----------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start everything (see the module docstring for the order).
+
+        Raises:
+            ConfigError: the device is not enrolled or agent.json is invalid.
+            ProfileError: no firmware profile fits.
+            CameraError: a camera cannot be opened.
+        """
+        if self.config is None:
+            from agent.config import AgentConfig
+
+            self.config = AgentConfig.load(self.data_dir)
+        if self.profile is None:
+            from agent.hardware import choose_profile
+
+            self.profile = choose_profile(self.config)
+        if self.updater is None:
+            from agent.updater import Updater
+
+            self.updater = Updater(self.config, self.profile)
+        self.outbox = Outbox(self.data_dir, self.device_id)
+        runtime, load_error = self._load_current()
+        self.cameras = [
+            Camera(parse_camera(uri, camera_id=f"cam{i}")) for i, uri in enumerate(self.camera_uris)
+        ]
+        started: list[Camera] = []
+        try:
+            for camera in self.cameras:
+                camera.start()
+                started.append(camera)
+        except AgentError:
+            for camera in started:
+                camera.stop()
+            self.outbox.close()
+            raise
+        self.pipeline = Pipeline(self.cameras, runtime, batch_size=self.profile.batch_size)
+        self.pipeline.start()
+        self.link = AgentLink(
+            self.device_id,
+            self.config.mqtt_host,
+            self.config.mqtt_port,
+            self.outbox,
+            on_desired=self._on_desired,
+            status_body=self.status_body,
+            username=self.device_id,
+            password=self.config.device_token,
+        )
+        self.link.start()
+        if load_error is not None:
+            self._event("load_failed", load_error)
+        self._stop.clear()
+        for name, target in (("reconciler", self._reconcile_loop), ("reporter", self._report_loop)):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        logger.info(
+            "agent %s running: profile %s, model %s, cameras %s",
+            self.device_id,
+            self.profile.name,
+            self.installed,
+            self.camera_uris,
+        )
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop cleanly: last windows out, ``offline`` status acknowledged (bounded), all closed."""
+        self._stop.set()
+        self._kick.set()
+        for thread in self._threads:
+            thread.join(timeout)
+        self._threads.clear()
+        if self.pipeline is not None:
+            self.pipeline.stop()
+            self._report_windows()
+        for camera in self.cameras:
+            camera.stop()
+        if self.link is not None:
+            self.link.stop(timeout=min(timeout, 5.0))
+        if self.outbox is not None:
+            self.outbox.close()
+        close = getattr(self.updater, "close", None)
+        if close is not None:
+            close()
+        logger.info("agent stopped")
+
+    def run_forever(self) -> None:
+        """Start, run until SIGTERM or SIGINT, then stop cleanly.
+
+        Raises:
+            ConfigError, ProfileError, CameraError: see :meth:`start`.
+        """
+        done = threading.Event()
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            logger.info("got signal %s; stopping", signal.Signals(signum).name)
+            done.set()
+
+        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self.start()
+            while not done.wait(1.0):
+                pass
+        finally:
+            self.stop()
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    # --- model --------------------------------------------------------------------
+
+    def _load_current(self) -> tuple[ModelRuntime | None, str | None]:
+        assert self.updater is not None and self.profile is not None
+        current = self.updater.current()
+        if current is None:
+            logger.info("no model installed yet; cameras run, nothing is inferred")
+            return None, None
+        if isinstance(current, tuple):
+            bundle, path = current[0], current[1]
+            variant = None
+        else:
+            bundle, path, variant = current.bundle, current.path, getattr(current, "variant", None)
+        try:
+            return _load_runtime(bundle, Path(path), self.profile, variant), None
+        except AgentError as e:
+            logger.error("installed model %s %s does not load: %s", bundle.name, bundle.version, e)
+            return None, f"installed model {bundle.name} {bundle.version} does not load: {e}"
+
+    def _on_desired(self, body: Mapping[str, Any]) -> None:
+        # paho's thread: hand over and return.
+        self._desired = (body.get("model"), body.get("version"))
+        self._desired_gen += 1
+        self._kick.set()
+
+    def _poll(self) -> tuple[str | None, str | None] | None:
+        if self._poll_desired is not None:
+            return self._poll_desired()
+        url = f"{self.config.registry_url.rstrip('/')}/api/v1/devices/{self.device_id}/desired"
+        try:
+            response = httpx.get(
+                url,
+                headers={"Authorization": f"Bearer {self.config.device_token}"},
+                timeout=_POLL_TIMEOUT,
+            )
+            response.raise_for_status()
+            data = response.json()
+        except (httpx.HTTPError, ValueError) as e:
+            logger.warning("polling %s failed: %s", url, e)
+            return None
+        if not isinstance(data, dict):
+            logger.warning("polling %s gave %r, expected {model, version}", url, data)
+            return None
+        return data.get("model"), data.get("version")
+
+    def _reconcile_loop(self) -> None:
+        interval = float(self.config.poll_interval_s)
+        next_poll = time.monotonic()
+        while not self._stop.is_set():
+            if time.monotonic() >= next_poll:
+                next_poll = time.monotonic() + interval
+                gen = self._desired_gen
+                polled = self._poll()
+                # A hint that arrived while the poll was in flight is newer: keep it.
+                if polled is not None and gen == self._desired_gen:
+                    self._desired = polled
+            self.reconcile()
+            self._kick.wait(max(0.0, next_poll - time.monotonic()))
+            self._kick.clear()
+
+    def reconcile(self) -> None:
+        """Install the desired version if it differs from the installed one.
+
+        Runs on the reconciler thread; public so that a test can drive it.
+        """
+        desired = self._desired
+        if desired is None or desired[0] is None or desired[1] is None:
+            return
+        key = (desired[0], desired[1])
+        if key == self.installed or self._stop.is_set():
+            return
+        now = time.monotonic()
+        if not self.backoff.allowed(key, now):
+            return
+        assert self.updater is not None and self.pipeline is not None
+        logger.info("installing %s %s (installed: %s)", key[0], key[1], self.installed)
+        try:
+            result = self.updater.install(*key)
+        except UpdateError as e:
+            delay = self.backoff.failed(key, time.monotonic())
+            logger.warning(
+                "install of %s %s failed (%s): %s; next try in %.0f s",
+                key[0],
+                key[1],
+                e.reason,
+                e,
+                delay,
+            )
+            self._event(
+                "install_failed",
+                str(e),
+                model=key[0],
+                version=key[1],
+                reason=e.reason,
+                failures=self.backoff.failures(key),
+                retry_in_s=delay,
+            )
+            return
+        except AgentError as e:
+            delay = self.backoff.failed(key, time.monotonic())
+            logger.warning("install of %s %s failed: %s", key[0], key[1], e)
+            self._event(
+                "install_failed",
+                str(e),
+                model=key[0],
+                version=key[1],
+                reason="install",
+                failures=self.backoff.failures(key),
+                retry_in_s=delay,
+            )
+            return
+        swap_ms = self.pipeline.swap(result.runtime)
+        self.installs += 1
+        smoke = getattr(result, "smoke_max_diff", None)
+        self._event(
+            "installed",
+            f"installed {result.model} {result.version} in {result.seconds:.2f} s",
+            model=result.model,
+            version=result.version,
+            seconds=round(float(result.seconds), 3),
+            smoke_diff=None if smoke is None else float(smoke),
+            swap_ms=round(swap_ms, 3),
+        )
+        assert self.link is not None
+        self.link.publish_status()
+
+    # --- reporting ------------------------------------------------------------------
+
+    def _event(self, event: str, message: str, **fields: Any) -> None:
+        if self.link is not None:
+            self.link.publish("events", {"event": event, "message": message, **fields})
+
+    def _report_windows(self) -> None:
+        assert self.pipeline is not None and self.link is not None
+        for inference, accuracy in [*self.pipeline.closed_windows(), self.pipeline.take_window()]:
+            if inference["model"] is None and not inference["frames"]:
+                continue  # no model: nothing was inferred
+            self.link.publish("inference", inference)
+            self.link.publish("accuracy", accuracy)
+
+    def _report_telemetry(self) -> None:
+        assert self.link is not None
+        body = sample_telemetry(self.data_dir, self._nvml)
+        body["cameras"] = [
+            {"id": c.camera_id, "captured": c.captured, "drops": c.drops, "error": c.error}
+            for c in self.cameras
+        ]
+        self.link.publish("telemetry", body)
+
+    def _check_cameras(self) -> None:
+        for camera in self.cameras:
+            before = self._camera_errors.get(camera.camera_id)
+            now = camera.error
+            if now != before:
+                self._camera_errors[camera.camera_id] = now
+                if now is not None:
+                    self._event("camera_lost", now, camera=camera.camera_id)
+                elif before is not None:
+                    self._event(
+                        "camera_found",
+                        f"camera {camera.camera_id} is back",
+                        camera=camera.camera_id,
+                    )
+
+    def _report_loop(self) -> None:
+        assert self.profile is not None
+        report_every = float(self.config.report_interval_s)
+        telemetry_every = float(self.profile.telemetry_interval_s)
+        next_report = time.monotonic() + report_every
+        next_telemetry = time.monotonic()
+        while not self._stop.wait(max(0.0, min(next_report, next_telemetry) - time.monotonic())):
+            now = time.monotonic()
+            self._check_cameras()
+            if now >= next_report:
+                next_report = now + report_every
+                self._report_windows()
+            if now >= next_telemetry:
+                next_telemetry = now + telemetry_every
+                self._report_telemetry()

@@ -1,0 +1,88 @@
+"""The outbox: one persisted seq counter per device, nothing lost across restarts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from agent.outbox import Outbox
+from corral.errors import PayloadError
+from corral.payloads import decode
+
+TELEMETRY = {"cpu_percent": 1.0, "memory_percent": 2.0, "disk_percent": 3.0, "gpus": []}
+
+
+def test_seq_continues_after_reopening(tmp_path: Path) -> None:
+    box = Outbox(tmp_path, "dev-1")
+    assert [box.put("telemetry", TELEMETRY) for _ in range(3)] == [0, 1, 2]
+    assert box.reserve_seq() == 3
+    box.close()
+    box = Outbox(tmp_path, "dev-1")
+    assert box.put("telemetry", TELEMETRY) == 4
+    assert box.next_seq() == 5
+    box.close()
+
+
+def test_pending_survives_a_crash(tmp_path: Path) -> None:
+    box = Outbox(tmp_path, "dev-1")
+    for _ in range(5):
+        box.put("telemetry", TELEMETRY)
+    box.mark_sent(1)
+    # No orderly shutdown: drop the object without closing, as a killed process would.
+    del box
+    box = Outbox(tmp_path, "dev-1")
+    rows = box.pending()
+    assert [r.seq for r in rows] == [0, 2, 3, 4]
+    message = decode("telemetry", rows[0].payload)
+    assert (message.device_id, message.seq, message.body["cpu_percent"]) == ("dev-1", 0, 1.0)
+    assert box.count_pending() == 4
+    box.close()
+
+
+def test_pending_is_in_seq_order_and_pages(tmp_path: Path) -> None:
+    box = Outbox(tmp_path, "dev-1")
+    will = box.reserve_seq()
+    for _ in range(4):
+        box.put("telemetry", TELEMETRY)
+    # The will's seq goes in last but sorts first.
+    box.put(
+        "status", {"state": "offline", "model": None, "version": None, "profile": None}, seq=will
+    )
+    assert [r.seq for r in box.pending()] == [0, 1, 2, 3, 4]
+    assert box.pending()[0].kind == "status"
+    assert [r.seq for r in box.pending(limit=2, after=1)] == [2, 3]
+    box.close()
+
+
+def test_a_bad_body_stores_nothing_and_spends_no_seq(tmp_path: Path) -> None:
+    box = Outbox(tmp_path, "dev-1")
+    with pytest.raises(PayloadError):
+        box.put("telemetry", {"cpu_percent": 1.0})
+    assert box.pending() == []
+    assert box.put("telemetry", TELEMETRY) == 0
+    box.close()
+
+
+def test_sent_rows_are_pruned_beyond_the_bound(tmp_path: Path) -> None:
+    box = Outbox(tmp_path, "dev-1", keep_sent=10)
+    for _ in range(50):
+        box.mark_sent(box.put("telemetry", TELEMETRY))
+    box.put("telemetry", TELEMETRY)
+    assert [r.seq for r in box.pending()] == [50]
+    box.close()
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "outbox.db")
+    (kept,) = db.execute("SELECT COUNT(*) FROM outbox WHERE sent = 1").fetchone()
+    db.close()
+    assert kept <= 10 + 1
+
+
+def test_payloads_carry_the_device_and_seq(tmp_path: Path) -> None:
+    box = Outbox(tmp_path, "dev-7")
+    seq = box.put("events", {"event": "installed", "message": "ok", "swap_ms": 0.1})
+    data = json.loads(box.pending()[0].payload)
+    assert (data["device_id"], data["seq"], data["schema"]) == ("dev-7", seq, "corral.events/1")
+    box.close()
