@@ -1,3 +1,42 @@
-"""Corral registry (being built)."""
+"""Corral registry: stores and signs model versions, enrols devices, rolls out, watches.
 
-__all__: list[str] = []
+Start it with ``create_app(Settings(...))`` under any ASGI server, or with
+``corral registry serve``.
+"""
+
+from registry.app import create_app
+from registry.blobstore import BlobInfo, BlobStore
+from registry.core.config import Settings
+from registry.core.context import RegistryContext
+from registry.errors import (
+    AuthError,
+    BlobMismatchError,
+    ConfigError,
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+    RegistryError,
+)
+from registry.ingest import Ingest
+from registry.mqtt import IncomingMessage, MqttBridge
+from registry.signing import TufRefresher, TufRepository
+
+__all__ = [
+    "AuthError",
+    "BlobInfo",
+    "BlobMismatchError",
+    "BlobStore",
+    "ConfigError",
+    "ConflictError",
+    "IncomingMessage",
+    "Ingest",
+    "InvalidInputError",
+    "MqttBridge",
+    "NotFoundError",
+    "RegistryContext",
+    "RegistryError",
+    "Settings",
+    "TufRefresher",
+    "TufRepository",
+    "create_app",
+]

@@ -1,0 +1,1 @@
+"""The registry's HTTP API: routes, dependencies and the error mapping."""

@@ -1,0 +1,119 @@
+"""Enrolment: one-time, expiring tokens exchanged for per-device credentials.
+
+The admin creates a token (shown once, stored as its SHA-256). An agent sends
+it with its device id; in one transaction the token is marked used (only if
+it still is unused and unexpired, so two racing uses cannot both win) and the
+device is created with a fresh random token, of which again only the hash is
+kept. The answer carries what the agent needs from then on: its token, the
+broker, and the TUF root it pins.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import timedelta
+
+from fastapi import APIRouter, status
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+
+from registry._time import as_utc, iso, utcnow
+from registry.api.deps import AdminDep, ContextDep, SessionDep, hash_token
+from registry.errors import AuthError, ConflictError
+from registry.schemas import (
+    EnrolmentTokenRequest,
+    EnrolmentTokenResponse,
+    EnrolRequest,
+    EnrolResponse,
+    MqttEndpoint,
+)
+from registry.tables import Device, EnrolmentToken
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/api/v1", tags=["enrolment"])
+
+
+@router.post(
+    "/enrolment-tokens", status_code=status.HTTP_201_CREATED, response_model=EnrolmentTokenResponse
+)
+def create_enrolment_token(
+    _admin: AdminDep,
+    context: ContextDep,
+    session: SessionDep,
+    body: EnrolmentTokenRequest | None = None,
+) -> EnrolmentTokenResponse:
+    """Create a one-time enrolment token.
+
+    Raises:
+        AuthError: not the admin.
+    """
+    ttl = (body.ttl_s if body else None) or context.settings.enrolment_ttl_s
+    token = secrets.token_urlsafe(24)
+    now = utcnow()
+    row = EnrolmentToken(
+        token_hash=hash_token(token), created_at=now, expires=now + timedelta(seconds=ttl)
+    )
+    session.add(row)
+    session.commit()
+    return EnrolmentTokenResponse(token=token, expires=iso(row.expires) or "")
+
+
+@router.post("/enrol", status_code=status.HTTP_201_CREATED, response_model=EnrolResponse)
+def enrol(body: EnrolRequest, context: ContextDep, session: SessionDep) -> EnrolResponse:
+    """Exchange an enrolment token for a device's credentials.
+
+    Raises:
+        AuthError: the token is unknown, used or expired.
+        ConflictError: the device id is taken.
+    """
+    now = utcnow()
+    row = session.scalar(
+        select(EnrolmentToken).where(EnrolmentToken.token_hash == hash_token(body.token))
+    )
+    if row is None:
+        raise AuthError("unknown enrolment token; ask the operator for a new one")
+    if row.used_at is not None:
+        raise AuthError("this enrolment token was already used; ask the operator for a new one")
+    if as_utc(row.expires) <= now:
+        raise AuthError(
+            f"this enrolment token expired at {iso(row.expires)}; ask the operator for a new one"
+        )
+    if session.get(Device, body.device_id) is not None:
+        raise ConflictError(
+            f"device id {body.device_id!r} is already enrolled; pick another id "
+            "or remove the old device first"
+        )
+    claimed = session.execute(
+        update(EnrolmentToken)
+        .where(EnrolmentToken.id == row.id, EnrolmentToken.used_at.is_(None))
+        .values(used_at=now, device_id=body.device_id)
+    )
+    if getattr(claimed, "rowcount", 0) != 1:
+        session.rollback()
+        raise AuthError("this enrolment token was already used; ask the operator for a new one")
+    device_token = secrets.token_urlsafe(32)
+    session.add(
+        Device(
+            id=body.device_id,
+            token_hash=hash_token(device_token),
+            profile=body.profile,
+            facts=body.facts,
+            agent_version=body.agent_version,
+            enrolled_at=now,
+        )
+    )
+    try:
+        session.commit()
+    except IntegrityError as e:
+        session.rollback()
+        raise ConflictError(f"device id {body.device_id!r} is already enrolled") from e
+    settings = context.settings
+    return EnrolResponse(
+        device_id=body.device_id,
+        device_token=device_token,
+        mqtt=MqttEndpoint(host=settings.mqtt_host, port=settings.mqtt_port),
+        tuf_root=context.tuf.root_dict(),
+        metadata_url=settings.metadata_url,
+        targets_url=settings.targets_url,
+    )

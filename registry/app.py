@@ -1,0 +1,56 @@
+"""The app factory: ``create_app(settings)`` wires storage, signing, MQTT and routes.
+
+Building the app opens the database and the TUF keys at once (so a bad
+configuration fails before serving); the lifespan starts the MQTT bridge,
+the ingest worker and the TUF refresher, and stops them on shutdown.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from registry.api.errors import install_error_handlers
+from registry.api.routes import console, devices, enrol, models, rollouts, tuf
+from registry.core.config import Settings
+from registry.core.context import RegistryContext
+
+__all__ = ["create_app"]
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the registry app.
+
+    Args:
+        settings: the settings; read from ``CORRAL_*`` variables when None.
+
+    Returns:
+        The FastAPI app; ``app.state.registry`` is its :class:`RegistryContext`.
+
+    Raises:
+        ConfigError: unusable settings.
+        sqlalchemy.exc.SQLAlchemyError: the database cannot be opened.
+    """
+    context = RegistryContext.build(settings or Settings())
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        context.start()
+        try:
+            yield
+        finally:
+            context.stop()
+
+    app = FastAPI(title="Corral registry", version="0.1.0", lifespan=lifespan)
+    app.state.registry = context
+    install_error_handlers(app)
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, bool]:
+        return {"ok": True}
+
+    for module in (enrol, devices, models, rollouts, tuf, console):
+        app.include_router(module.router)
+    return app

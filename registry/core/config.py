@@ -1,0 +1,110 @@
+"""Registry settings, read from ``CORRAL_*`` environment variables.
+
+``Settings()`` reads the environment; tests and the CLI pass values directly.
+In local mode (the default) a missing admin token is generated once into
+``{data_dir}/admin-token`` (mode 0600) and reused; outside local mode the
+registry refuses to start without ``CORRAL_ADMIN_TOKEN``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from registry.errors import ConfigError
+
+__all__ = ["Settings"]
+
+ADMIN_TOKEN_FILE = "admin-token"
+
+
+class Settings(BaseSettings):
+    """Everything the registry needs to know at start-up."""
+
+    model_config = SettingsConfigDict(env_prefix="CORRAL_", extra="forbid")
+
+    data_dir: Path = Path(".corral/registry")
+    #: SQLAlchemy URL; None means a SQLite file ``registry.db`` in ``data_dir``.
+    database_url: str | None = None
+    #: How agents reach this registry; the base of metadata_url and targets_url.
+    public_url: str = "http://127.0.0.1:8080"
+    mqtt_host: str = "127.0.0.1"
+    mqtt_port: int = Field(default=1883, ge=1, le=65535)
+    #: None derives a stable id from data_dir, so the persistent session survives restarts.
+    mqtt_client_id: str | None = None
+    admin_token: SecretStr | None = None
+    #: Local mode allows a generated admin token; turn off for shared deployments.
+    local: bool = True
+    enrolment_ttl_s: int = Field(default=3600, gt=0, le=30 * 24 * 3600)
+    #: How often the TUF refresher looks at snapshot and timestamp expiry.
+    tuf_refresh_interval_s: float = Field(default=600.0, gt=0)
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """The database URL to connect to."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'registry.db').resolve()}"
+
+    @property
+    def metadata_url(self) -> str:
+        """Where agents fetch TUF metadata."""
+        return f"{self.public_url.rstrip('/')}/tuf/metadata/"
+
+    @property
+    def targets_url(self) -> str:
+        """Where agents fetch TUF targets."""
+        return f"{self.public_url.rstrip('/')}/tuf/targets/"
+
+    @property
+    def client_id(self) -> str:
+        """The MQTT client id of this registry's bridge."""
+        if self.mqtt_client_id:
+            return self.mqtt_client_id
+        digest = hashlib.sha256(str(self.data_dir.resolve()).encode()).hexdigest()[:10]
+        return f"corral-registry-{digest}"
+
+    @property
+    def admin_token_path(self) -> Path:
+        """Where a generated admin token lives."""
+        return self.data_dir / ADMIN_TOKEN_FILE
+
+    def resolve_admin_token(self) -> str:
+        """The admin token: configured, or (local mode) read or generated once.
+
+        Returns:
+            The token string.
+
+        Raises:
+            ConfigError: no token is configured outside local mode.
+        """
+        if self.admin_token is not None:
+            value = self.admin_token.get_secret_value()
+            if len(value) < 16:
+                raise ConfigError(
+                    "CORRAL_ADMIN_TOKEN is shorter than 16 characters; use a longer one"
+                )
+            return value
+        if not self.local:
+            raise ConfigError(
+                "CORRAL_ADMIN_TOKEN is not set and CORRAL_LOCAL is false; "
+                "set a long random admin token for a shared registry"
+            )
+        path = self.admin_token_path
+        if path.exists():
+            return path.read_text().strip()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        token = secrets.token_urlsafe(32)
+        # O_EXCL: two registries starting at once must not write two different tokens.
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return path.read_text().strip()
+        with os.fdopen(fd, "w") as handle:
+            handle.write(token + "\n")
+        return token

@@ -1,0 +1,256 @@
+"""MQTT ingest: agent payloads into the messages table and the device summary.
+
+The bridge's network thread only queues; one worker thread drains the queue
+in batches (up to ``batch_size`` per transaction) so a burst costs one commit,
+then acknowledges the batch. For each message, in order:
+
+1. ``parse_topic``; a ``desired`` message (our own) is skipped;
+2. ``corral.payloads.decode``; the payload's device id must be the topic's;
+3. the device must be enrolled;
+4. ``(device_id, seq)`` already stored → a redelivery, ignored;
+5. store the message and fold it into the device summary (see ``_apply``).
+
+A message that fails 1-3 is logged, counted and dropped (and acknowledged, so
+the broker does not send it again); it never stops the worker. A batch whose
+commit fails is retried one message at a time so one poison message cannot
+hold back the rest.
+
+The summary's ``accuracy`` is cumulative: correct / labelled summed over every
+accuracy window since the device reported its current model version (the
+counts reset when the reported model or version changes); the latest window's
+own figure is kept too (``accuracy_window``).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections import Counter
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from corral.errors import PayloadError
+from corral.payloads import Message as Payload
+from corral.payloads import decode
+from corral.topics import parse_topic
+from registry._time import as_utc, utcnow
+from registry.core.db import SessionFactory
+from registry.mqtt import IncomingMessage
+from registry.tables import Device, Event, Message
+
+__all__ = ["Ingest"]
+
+logger = logging.getLogger(__name__)
+
+
+class _DropError(Exception):
+    """A message that breaks the contract; the reason is the message."""
+
+    def __init__(self, reason: str, counter: str) -> None:
+        super().__init__(reason)
+        self.counter = counter
+
+
+class Ingest:
+    """Stores agent payloads; ``submit`` is safe to call from any thread.
+
+    Args:
+        sessions: the database session factory.
+        batch_size: most messages per transaction.
+    """
+
+    def __init__(self, sessions: SessionFactory, batch_size: int = 200) -> None:
+        self._sessions = sessions
+        self._batch_size = batch_size
+        self._queue: queue.Queue[IncomingMessage | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._counts: Counter[str] = Counter()
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """How many messages were received, stored, duplicates, and dropped by reason."""
+        with self._lock:
+            return dict(self._counts)
+
+    def submit(self, message: IncomingMessage) -> None:
+        """Queue a message from the broker."""
+        self._count("received")
+        self._queue.put(message)
+
+    def start(self) -> None:
+        """Start the worker thread."""
+        self._thread = threading.Thread(target=self._run, name="mqtt-ingest", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Store what is queued, then stop the worker."""
+        self._queue.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def _count(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            self._counts[key] += n
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is None:
+                break
+            batch = [first]
+            while len(batch) < self._batch_size:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stopping = True
+                    break
+                batch.append(item)
+            self._store_batch(batch)
+
+    def _store_batch(self, batch: list[IncomingMessage]) -> None:
+        try:
+            with self._sessions() as session:
+                outcome = [self._store_one(session, m) for m in batch]
+                session.commit()
+        except SQLAlchemyError:
+            logger.exception("storing a batch of %d failed; retrying one by one", len(batch))
+            outcome = []
+            for message in batch:
+                try:
+                    with self._sessions() as session:
+                        outcome.append(self._store_one(session, message))
+                        session.commit()
+                except SQLAlchemyError:
+                    logger.exception("dropping message on %s after a database error", message.topic)
+                    outcome.append("dropped_db_error")
+        for key in outcome:
+            self._count(key)
+        for message in batch:
+            message.ack()
+
+    def _store_one(self, session: Session, incoming: IncomingMessage) -> str:
+        try:
+            payload = self._decode(incoming)
+        except _DropError as e:
+            logger.warning("dropped message on %s: %s", incoming.topic, e)
+            return e.counter
+        if payload is None:
+            return "skipped"
+        device = session.get(Device, payload.device_id)
+        if device is None:
+            logger.warning("dropped message from unenrolled device %s", payload.device_id)
+            return "dropped_unknown_device"
+        duplicate = session.scalar(
+            select(Message.id).where(
+                Message.device_id == payload.device_id, Message.seq == payload.seq
+            )
+        )
+        if duplicate is not None:
+            return "duplicates"
+        session.add(
+            Message(
+                device_id=payload.device_id,
+                seq=payload.seq,
+                kind=payload.kind,
+                ts=payload.ts,
+                received_at=utcnow(),
+                payload=payload.to_dict(),
+            )
+        )
+        _apply(session, device, payload)
+        # Flush so a redelivery later in the same batch sees this row.
+        session.flush()
+        return "stored"
+
+    @staticmethod
+    def _decode(incoming: IncomingMessage) -> Payload | None:
+        try:
+            device_id, kind = parse_topic(incoming.topic)
+        except PayloadError as e:
+            raise _DropError(str(e), "dropped_bad_topic") from e
+        if kind == "desired":
+            return None
+        try:
+            payload = decode(kind, incoming.payload)
+        except PayloadError as e:
+            raise _DropError(str(e), "dropped_bad_payload") from e
+        if payload.device_id != device_id:
+            raise _DropError(
+                f"payload device_id {payload.device_id!r} differs from the topic's {device_id!r}",
+                "dropped_bad_payload",
+            )
+        return payload
+
+
+def _parse_ts(ts: str) -> datetime | None:
+    try:
+        return as_utc(datetime.fromisoformat(ts.replace("Z", "+00:00")))
+    except ValueError:
+        return None
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def _apply(session: Session, device: Device, payload: Payload) -> None:
+    """Fold one payload into the device summary, in arrival order."""
+    body = payload.body
+    now = utcnow()
+    # The payload's time, but never in the future: a replayed backlog must not
+    # make last_seen jump back, and a fast clock must not make it jump ahead.
+    seen = min(_parse_ts(payload.ts) or now, now)
+    if device.last_seen is None or as_utc(device.last_seen) < seen:
+        device.last_seen = seen
+    if payload.kind == "status":
+        device.state = body["state"]
+        device.model, device.version = body["model"], body["version"]
+        device.profile = body["profile"] or device.profile
+    elif payload.kind == "inference":
+        latency = body["latency_ms"]
+        device.fps = float(body["fps"])
+        device.latency_p50_ms = _number(latency.get("p50"))
+        device.latency_p95_ms = _number(latency.get("p95"))
+        device.frames = (device.frames or 0) + body["frames"]
+        device.drops = (device.drops or 0) + body["drops"]
+        if body["version"] is not None:
+            device.model, device.version = body["model"], body["version"]
+    elif payload.kind == "accuracy":
+        if (body["model"], body["version"]) != (device.acc_model, device.acc_version):
+            device.acc_model, device.acc_version = body["model"], body["version"]
+            device.correct = device.labelled = 0
+        device.correct = (device.correct or 0) + body["correct"]
+        device.labelled = (device.labelled or 0) + body["labelled"]
+        device.accuracy_window = _number(body["accuracy"])
+    elif payload.kind == "telemetry":
+        device.cpu_percent = float(body["cpu_percent"])
+        device.memory_percent = float(body["memory_percent"])
+        temps = [
+            t
+            for gpu in body["gpus"]
+            if isinstance(gpu, dict) and (t := _number(gpu.get("temp_c"))) is not None
+        ]
+        device.gpu_temp_c = max(temps) if temps else None
+    elif payload.kind == "events":
+        rest = {k: v for k, v in body.items() if k not in ("event", "message")}
+        session.add(
+            Event(
+                device_id=device.id,
+                seq=payload.seq,
+                ts=payload.ts,
+                event=body["event"],
+                message=body["message"],
+                data=rest,
+            )
+        )

@@ -1,0 +1,212 @@
+"""The registry's SQLAlchemy tables.
+
+::
+
+    devices ─┬─< messages          every agent payload, unique on (device_id, seq)
+             ├─< events            the events kind, for the console and audits
+             └─< rollout_devices >─ rollouts
+    enrolment_tokens               sha256 of one-time tokens, never the tokens
+    model_versions ─< model_files  immutable (name, version) with their files
+    tuf_metadata                   every signed version of every TUF role
+
+Secrets (enrolment and device tokens) are stored as SHA-256 hex digests: a
+leaked database does not let anyone enrol or act as a device.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+__all__ = [
+    "Base",
+    "Device",
+    "EnrolmentToken",
+    "Event",
+    "Message",
+    "ModelFile",
+    "ModelVersion",
+    "Rollout",
+    "RolloutDevice",
+    "TufMetadata",
+]
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every registry table."""
+
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        dict[str, Any]: JSON,
+        datetime: DateTime(timezone=True),
+    }
+
+
+class Device(Base):
+    """An enrolled device and the summary of what it last reported."""
+
+    __tablename__ = "devices"
+
+    id: Mapped[str] = mapped_column(String(63), primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    profile: Mapped[str | None] = mapped_column(String(128))
+    facts: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    agent_version: Mapped[str | None] = mapped_column(String(64))
+    enrolled_at: Mapped[datetime]
+    # Desired state, set by rollouts; desired_seq numbers the registry's desired hints.
+    desired_model: Mapped[str | None] = mapped_column(String(63))
+    desired_version: Mapped[str | None] = mapped_column(String(64))
+    desired_seq: Mapped[int] = mapped_column(Integer, default=0)
+    # Reported state, from MQTT.
+    state: Mapped[str | None] = mapped_column(String(16))
+    model: Mapped[str | None] = mapped_column(String(63))
+    version: Mapped[str | None] = mapped_column(String(64))
+    fps: Mapped[float | None] = mapped_column(Float)
+    latency_p50_ms: Mapped[float | None] = mapped_column(Float)
+    latency_p95_ms: Mapped[float | None] = mapped_column(Float)
+    frames: Mapped[int] = mapped_column(Integer, default=0)
+    drops: Mapped[int] = mapped_column(Integer, default=0)
+    # Accuracy: cumulative correct/labelled since the version in acc_model/acc_version.
+    acc_model: Mapped[str | None] = mapped_column(String(63))
+    acc_version: Mapped[str | None] = mapped_column(String(64))
+    correct: Mapped[int] = mapped_column(Integer, default=0)
+    labelled: Mapped[int] = mapped_column(Integer, default=0)
+    accuracy_window: Mapped[float | None] = mapped_column(Float)
+    cpu_percent: Mapped[float | None] = mapped_column(Float)
+    memory_percent: Mapped[float | None] = mapped_column(Float)
+    gpu_temp_c: Mapped[float | None] = mapped_column(Float)
+    last_seen: Mapped[datetime | None]
+
+    @property
+    def accuracy(self) -> float | None:
+        """Cumulative accuracy since the reported version was installed."""
+        return self.correct / self.labelled if self.labelled else None
+
+
+class EnrolmentToken(Base):
+    """A one-time, expiring enrolment token (its SHA-256 only)."""
+
+    __tablename__ = "enrolment_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime]
+    expires: Mapped[datetime]
+    used_at: Mapped[datetime | None]
+    device_id: Mapped[str | None] = mapped_column(String(63))
+
+
+class ModelVersion(Base):
+    """An immutable model version: its bundle.json as uploaded and its files."""
+
+    __tablename__ = "model_versions"
+    __table_args__ = (UniqueConstraint("name", "version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(63))
+    version: Mapped[str] = mapped_column(String(64))
+    created: Mapped[str] = mapped_column(String(64), default="")
+    registered_at: Mapped[datetime]
+    bundle: Mapped[dict[str, Any]]
+    bundle_sha256: Mapped[str] = mapped_column(String(64))
+    bundle_length: Mapped[int]
+    files: Mapped[list[ModelFile]] = relationship(
+        back_populates="model_version", cascade="all, delete-orphan", lazy="selectin"
+    )
+
+
+class ModelFile(Base):
+    """One file of a model version, stored in the blob store by its SHA-256."""
+
+    __tablename__ = "model_files"
+    __table_args__ = (UniqueConstraint("model_version_id", "name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
+    name: Mapped[str] = mapped_column(String(128))
+    sha256: Mapped[str] = mapped_column(String(64))
+    length: Mapped[int]
+    variant: Mapped[str] = mapped_column(String(64))
+    model_version: Mapped[ModelVersion] = relationship(back_populates="files")
+
+
+class Message(Base):
+    """One agent payload as received; (device_id, seq) makes redelivery harmless."""
+
+    __tablename__ = "messages"
+    __table_args__ = (UniqueConstraint("device_id", "seq"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), index=True)
+    seq: Mapped[int]
+    kind: Mapped[str] = mapped_column(String(16))
+    ts: Mapped[str] = mapped_column(String(40))
+    received_at: Mapped[datetime]
+    payload: Mapped[dict[str, Any]]
+
+
+class Event(Base):
+    """An agent event (install, swap, rollback, camera lost, error)."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), index=True)
+    seq: Mapped[int]
+    ts: Mapped[str] = mapped_column(String(40))
+    event: Mapped[str] = mapped_column(String(64))
+    message: Mapped[str] = mapped_column(Text)
+    data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class Rollout(Base):
+    """A request to move devices to one model version."""
+
+    __tablename__ = "rollouts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model: Mapped[str] = mapped_column(String(63))
+    version: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+    devices: Mapped[list[RolloutDevice]] = relationship(
+        back_populates="rollout", cascade="all, delete-orphan", lazy="selectin"
+    )
+
+
+class RolloutDevice(Base):
+    """One device of a rollout and the desired hint's seq it was sent with."""
+
+    __tablename__ = "rollout_devices"
+    __table_args__ = (UniqueConstraint("rollout_id", "device_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    rollout_id: Mapped[int] = mapped_column(ForeignKey("rollouts.id"))
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"))
+    desired_seq: Mapped[int]
+    rollout: Mapped[Rollout] = relationship(back_populates="devices")
+    device: Mapped[Device] = relationship(lazy="joined")
+
+
+class TufMetadata(Base):
+    """One signed version of one TUF role, byte for byte as served."""
+
+    __tablename__ = "tuf_metadata"
+    __table_args__ = (UniqueConstraint("role", "version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    role: Mapped[str] = mapped_column(String(16))
+    version: Mapped[int]
+    expires: Mapped[datetime]
+    data: Mapped[bytes] = mapped_column(LargeBinary)
