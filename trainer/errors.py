@@ -1,0 +1,63 @@
+"""Errors of the trainer, rooted by whose fault it is::
+
+    TrainerError
+    ├── TrainConfigError       the caller asked for something impossible (unknown
+    │                          class, bad bundle name or version, busy output dir)
+    ├── DatasetError           the training data is missing, malformed or untrusted
+    │   └── UnsafePickleError  a data file's pickle references a forbidden global
+    └── ExportError            the trained model could not be written as a bundle
+        └── ParityError        ONNX Runtime and PyTorch disagree on the same inputs
+
+``TrainConfigError`` is the user's to fix (the CLI exits with code 2); the others
+mean the environment or the trainer itself is at fault.
+"""
+
+from __future__ import annotations
+
+from corral.errors import CorralError
+
+__all__ = [
+    "DatasetError",
+    "ExportError",
+    "ParityError",
+    "TrainConfigError",
+    "TrainerError",
+    "UnsafePickleError",
+]
+
+
+class TrainerError(CorralError):
+    """Base of the trainer's errors."""
+
+
+class TrainConfigError(TrainerError):
+    """The training or bundle settings are invalid; nothing was written."""
+
+
+class DatasetError(TrainerError):
+    """The training data is missing, malformed or inconsistent."""
+
+
+class UnsafePickleError(DatasetError):
+    """A pickled data file references a global outside the allowed numpy names."""
+
+
+class ExportError(TrainerError):
+    """The model could not be exported to ONNX or written as a bundle."""
+
+
+class ParityError(ExportError):
+    """The exported ONNX model's outputs differ from PyTorch's beyond the tolerance.
+
+    Attributes:
+        max_abs_diff: the largest absolute difference found.
+        tolerance: the limit it broke.
+    """
+
+    def __init__(self, max_abs_diff: float, tolerance: float) -> None:
+        super().__init__(
+            f"ONNX Runtime and PyTorch outputs differ by up to {max_abs_diff:.3g}, "
+            f"expected at most {tolerance:.3g}; the export is not faithful, do not ship it"
+        )
+        self.max_abs_diff = max_abs_diff
+        self.tolerance = tolerance
