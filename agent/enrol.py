@@ -1,0 +1,219 @@
+"""Enrolment: trade a one-time token for this device's credentials and trust root.
+
+``POST {registry}/api/v1/enrol`` with the token, the device id, the hardware
+facts and the firmware profile. The registry answers with the device's token,
+the broker address, the TUF URLs and the repository's ``root.json``. The root is
+checked to be a self-signed TUF root and pinned: every model the agent installs
+later must chain from it.
+
+Order of writes: ``tuf/metadata/root.json`` first, ``agent.json`` last, because
+the existence of agent.json is what "enrolled" means. An existing enrolment is
+refused before the token is spent, unless ``force`` (which also clears the
+cached TUF metadata of the old repository).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import httpx
+from tuf.api.exceptions import RepositoryError
+from tuf.api.metadata import Metadata, Root
+
+import corral
+from agent.config import CONFIG_FILE, AgentConfig, write_file_atomic
+from agent.errors import ConfigError, EnrolmentError
+from corral.errors import PayloadError
+from corral.profiles import FirmwareProfile, HardwareFacts
+from corral.topics import check_device_id
+
+__all__ = ["ENROL_PATH", "enrol"]
+
+logger = logging.getLogger(__name__)
+
+ENROL_PATH = "/api/v1/enrol"
+_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+_MAX_ANSWER = 1 << 20  # an enrolment answer is a few kB; a root with many keys stays far below
+
+
+def _post(
+    url: str, body: dict[str, Any], timeout: httpx.Timeout, transport: httpx.BaseTransport | None
+) -> httpx.Response:
+    try:
+        with httpx.Client(timeout=timeout, transport=transport) as client:
+            return client.post(url, json=body)
+    except httpx.TimeoutException as e:
+        raise EnrolmentError(
+            f"the registry at {url} did not answer in time ({type(e).__name__}); "
+            "check the address and the network, then try again"
+        ) from e
+    except httpx.HTTPError as e:
+        raise EnrolmentError(
+            f"cannot reach the registry at {url}: {e}; check the address and the network"
+        ) from e
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        data = response.json()
+    except ValueError:
+        return response.text[:200]
+    if isinstance(data, dict) and "detail" in data:
+        return str(data["detail"])[:500]
+    return json.dumps(data)[:500]
+
+
+def _refusal(response: httpx.Response, device_id: str) -> EnrolmentError:
+    status = response.status_code
+    detail = _detail(response)
+    if status in (401, 403):
+        return EnrolmentError(
+            f"the registry refused the enrolment token (HTTP {status}: {detail}): it is "
+            "unknown, already used or expired; ask an admin for a new one"
+        )
+    if status == 409:
+        return EnrolmentError(
+            f"the registry already has a device called {device_id!r} (HTTP 409: {detail}); "
+            "choose another --device-id, or ask an admin to remove the old device"
+        )
+    if status == 422:
+        return EnrolmentError(f"the registry refused the enrolment request as invalid: {detail}")
+    return EnrolmentError(
+        f"the registry answered HTTP {status} to the enrolment ({detail}); try again later"
+    )
+
+
+def _field(data: dict[str, Any], key: str, kind: type) -> Any:
+    value = data.get(key)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise EnrolmentError(
+            f"the registry's enrolment answer has no valid {key!r} (got {value!r:.60}); "
+            "it does not follow the contract in docs/contracts.md"
+        )
+    return value
+
+
+def _check_root(document: Any) -> bytes:
+    """Return root.json bytes after checking they are a TUF root signed by its own keys."""
+    if not isinstance(document, dict):
+        raise EnrolmentError("the registry's enrolment answer has no tuf_root object")
+    raw = json.dumps(document, indent=1, sort_keys=True).encode()
+    try:
+        root = Metadata[Root].from_bytes(raw)
+        if not isinstance(root.signed, Root):
+            raise EnrolmentError("the registry's tuf_root is not root metadata")
+        # Self-signed by a threshold of its own root keys, as TUF requires of a root.
+        root.signed.verify_delegate(Root.type, root.signed_bytes, root.signatures)
+    except RepositoryError as e:
+        raise EnrolmentError(
+            f"the registry sent a TUF root that is not a valid self-signed root.json: {e}"
+        ) from e
+    return raw
+
+
+def enrol(
+    registry_url: str,
+    token: str,
+    device_id: str,
+    data_dir: Path,
+    facts: HardwareFacts,
+    profile: FirmwareProfile,
+    *,
+    pin_profile: bool = False,
+    force: bool = False,
+    timeout: httpx.Timeout = _TIMEOUT,
+    transport: httpx.BaseTransport | None = None,
+) -> AgentConfig:
+    """Enrol this device with the registry and persist what it answers.
+
+    Args:
+        registry_url: e.g. ``http://registry:8000``.
+        token: the one-time enrolment token an admin created.
+        device_id: this device's id (lowercase letters, digits, ``-``).
+        data_dir: the agent's data folder (agent.json, tuf/, models/).
+        facts: the detected hardware, sent to the registry.
+        profile: the firmware profile, whose name is sent to the registry.
+        pin_profile: store the profile's name in agent.json, instead of
+            detecting the hardware again at every start.
+        force: replace an existing enrolment (and its cached TUF metadata).
+        timeout: HTTP timeouts.
+        transport: an httpx transport (tests).
+
+    Returns:
+        The saved configuration.
+
+    Raises:
+        EnrolmentError: already enrolled without ``force``, bad device id or URL,
+            the registry refused (403 token, 409 id taken, 422 bad input) or could
+            not be reached, or its answer breaks the contract.
+        ConfigError: agent.json or root.json cannot be written.
+    """
+    data_dir = Path(data_dir)
+    try:
+        check_device_id(device_id)
+    except PayloadError as e:
+        raise EnrolmentError(str(e)) from e
+    base = registry_url.rstrip("/")
+    if not base.startswith(("http://", "https://")):
+        raise EnrolmentError(f"registry URL should start with http:// or https://, got {base!r}")
+    if (data_dir / CONFIG_FILE).exists() and not force:
+        raise EnrolmentError(
+            f"this device is already enrolled ({data_dir / CONFIG_FILE} exists); "
+            "pass --force to enrol again, which replaces its credentials"
+        )
+    body = {
+        "token": token,
+        "device_id": device_id,
+        "facts": facts.to_dict(),
+        "profile": profile.name,
+        "agent_version": corral.__version__,
+    }
+    url = base + ENROL_PATH
+    logger.info("enrolling %s at %s", device_id, url)
+    response = _post(url, body, timeout, transport)
+    if response.status_code != 201:
+        raise _refusal(response, device_id)
+    if len(response.content) > _MAX_ANSWER:
+        raise EnrolmentError(f"the registry's enrolment answer is over {_MAX_ANSWER} bytes")
+    try:
+        answer = response.json()
+    except ValueError as e:
+        raise EnrolmentError(f"the registry's enrolment answer is not JSON: {e}") from e
+    if not isinstance(answer, dict):
+        raise EnrolmentError("the registry's enrolment answer is not a JSON object")
+    mqtt = _field(answer, "mqtt", dict)
+    root = _check_root(answer.get("tuf_root"))
+    if _field(answer, "device_id", str) != device_id:
+        raise EnrolmentError(
+            f"the registry enrolled device {answer['device_id']!r}, expected {device_id!r}"
+        )
+    try:
+        config = AgentConfig(
+            data_dir=data_dir,
+            device_id=device_id,
+            device_token=_field(answer, "device_token", str),
+            registry_url=base,
+            mqtt_host=_field(mqtt, "host", str),
+            mqtt_port=_field(mqtt, "port", int),
+            metadata_url=_field(answer, "metadata_url", str),
+            targets_url=_field(answer, "targets_url", str),
+            profile=profile.name if pin_profile else None,
+        )
+    except ConfigError as e:
+        raise EnrolmentError(f"the registry's enrolment answer is not usable: {e}") from e
+    metadata_dir = config.tuf_metadata_dir
+    try:
+        if force and metadata_dir.exists():
+            # Cached timestamp/snapshot/targets belong to the old root's repository.
+            shutil.rmtree(metadata_dir)
+        metadata_dir.mkdir(parents=True, exist_ok=True)
+        write_file_atomic(metadata_dir / "root.json", root)
+    except OSError as e:
+        raise ConfigError(f"cannot write the trusted root into {metadata_dir}: {e}") from e
+    config.save()
+    logger.info("enrolled %s; profile %s", device_id, profile.name)
+    return config

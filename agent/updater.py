@@ -1,0 +1,438 @@
+"""Install a model version: fetch, verify, smoke-test, persist, activate.
+
+``Updater.install(model, version)`` runs these steps, in this order, and stops
+at the first failure with the staging folder removed and ``state.json``
+untouched, so the model that is running keeps running:
+
+1. TUF refresh from the root pinned at enrolment (``tuf/metadata/``): root
+   rotation, then timestamp, snapshot and targets, each signed, unexpired and
+   not older than what this device saw before (rollback and freeze refused).
+2. ``models/{model}/{version}/bundle.json`` must be a signed target (absent:
+   reason ``not_found``); it is downloaded (length and hash checked by TUF),
+   parsed, and must name the model and version asked for.
+3. The variant is the profile's, else ``fp32``; the bundle must allow this
+   profile and agent version. The variant's file must be a signed target whose
+   length and SHA-256 agree with the bundle; it is downloaded into staging.
+4. The staged files are checked against the bundle once more.
+5. ONNX Runtime loads the file with the profile's providers and runs the
+   bundle's golden samples (the smoke test).
+6. The staging folder becomes a slot, and the slot becomes current
+   (``agent.slots``); the old current becomes previous.
+
+Each step is bounded: the fetcher has connect, read and total timeouts, TUF
+caps every metadata length, and the model file has a size cap. ``install``
+blocks; the service runs it in a worker thread and swaps the returned,
+already smoke-tested runtime into the pipeline.
+
+Errors are the agent's ``UpdateError`` family, each with a ``reason``; the
+mapping of third-party errors is ``_ERROR_MAP`` below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from tuf.api import exceptions as tuf_errors
+from tuf.api.metadata import TargetFile
+from tuf.ngclient import Updater as TufUpdater
+from tuf.ngclient.fetcher import FetcherInterface
+
+import corral
+from agent.config import AgentConfig
+from agent.errors import (
+    DownloadError,
+    RuntimeLoadError,
+    SmokeTestError,
+    UpdateError,
+    VerificationError,
+)
+from agent.fetcher import HttpxFetcher
+from agent.runtime import ModelRuntime
+from agent.slots import Slot, Slots
+from corral.bundle import BUNDLE_FILE, Bundle, BundleFile
+from corral.errors import BundleError, ContractError, VersionError
+from corral.profiles import FirmwareProfile
+from corral.targets import bundle_target, file_target
+from corral.version import Version
+
+__all__ = ["DEFAULT_MAX_MODEL_BYTES", "InstallResult", "Updater"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_MODEL_BYTES = 4 * 1024**3
+_MAX_BUNDLE_JSON = 16 * 1024**2
+_DISK_MARGIN = 64 * 1024**2
+_KEEPS_RUNNING = "the current model keeps running"
+
+#: Third-party errors and what they become, most specific first. The message
+#: part says what was refused; ``_map_error`` adds the model and the advice.
+_ERROR_MAP: tuple[tuple[type[BaseException], type[UpdateError], str | None, str], ...] = (
+    (
+        tuf_errors.DownloadLengthMismatchError,
+        VerificationError,
+        None,
+        "the registry sent more bytes than the signed metadata allows",
+    ),
+    (tuf_errors.SlowRetrievalError, DownloadError, "timeout", "the download timed out"),
+    (tuf_errors.DownloadHTTPError, DownloadError, None, "the registry answered with an error"),
+    (tuf_errors.DownloadError, DownloadError, None, "the download failed"),
+    (
+        tuf_errors.ExpiredMetadataError,
+        VerificationError,
+        None,
+        "the signed metadata has expired (a freeze attack, or a registry that stopped re-signing)",
+    ),
+    (
+        tuf_errors.BadVersionNumberError,
+        VerificationError,
+        None,
+        "the signed metadata is older than what this device has seen (a rollback attack)",
+    ),
+    (
+        tuf_errors.UnsignedMetadataError,
+        VerificationError,
+        None,
+        "the metadata is not signed by the keys this device trusts",
+    ),
+    (
+        tuf_errors.LengthOrHashMismatchError,
+        VerificationError,
+        None,
+        "a file differs from its signed length or hash (tampered or corrupted)",
+    ),
+    (tuf_errors.RepositoryError, VerificationError, None, "TUF refused the registry's metadata"),
+    (BundleError, VerificationError, None, "the bundle does not match what was signed"),
+    (RuntimeLoadError, UpdateError, "incompatible", "ONNX Runtime cannot load the model"),
+    (httpx.HTTPError, DownloadError, None, "the download failed"),
+    (OSError, UpdateError, "install", "a disk operation failed"),
+)
+
+
+def _map_error(error: BaseException, model: str, version: str) -> UpdateError | None:
+    """The ``UpdateError`` for a third-party ``error``, or ``None`` if it is not ours to map."""
+    if isinstance(error, UpdateError):
+        return error
+    for kind, agent_kind, reason, what in _ERROR_MAP:
+        if isinstance(error, kind):
+            if agent_kind is DownloadError:
+                advice = f"{_KEEPS_RUNNING}; the install will be retried"
+            else:
+                advice = f"refused; {_KEEPS_RUNNING}"
+            return agent_kind(f"{model} {version}: {what}: {error} ({advice})", reason)
+    return None
+
+
+@dataclass(frozen=True)
+class InstallResult:
+    """What ``install`` did: the slot that is now current and its loaded runtime."""
+
+    model: str
+    version: str
+    variant: str
+    slot: Path
+    smoke_max_diff: float
+    seconds: float
+    runtime: ModelRuntime = field(repr=False, compare=False)
+
+
+def _trusted_root(metadata_dir: Path) -> bytes:
+    """The newest root this device trusts: root.json, or the newest cached rotation."""
+    try:
+        return (metadata_dir / "root.json").read_bytes()
+    except FileNotFoundError:
+        pass
+    # TUF replaces root.json (a link into root_history/) by remove-then-link; a
+    # crash in between leaves only the history, which holds the same verified roots.
+    history = sorted(
+        (p for p in (metadata_dir / "root_history").glob("*.root.json") if p.name[0].isdigit()),
+        key=lambda p: int(p.name.split(".", 1)[0]),
+    )
+    if not history:
+        raise VerificationError(
+            f"no trusted TUF root in {metadata_dir}; run `corral agent enrol` again"
+        )
+    return history[-1].read_bytes()
+
+
+class Updater:
+    """Installs signed model versions into the agent's slots.
+
+    Args:
+        config: the agent's configuration (URLs, token, data folder).
+        profile: the firmware profile (variant, execution providers, threads).
+        fetcher: TUF's network seam; default an ``HttpxFetcher`` with the device token.
+        slots: the slots to install into; default those of ``config.data_dir``.
+        max_model_bytes: refuse model files larger than this.
+        require_golden: refuse bundles without golden samples (nothing to smoke-test).
+
+    Raises:
+        OSError: the slots cannot be recovered (see ``Slots.recover``).
+    """
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        profile: FirmwareProfile,
+        *,
+        fetcher: FetcherInterface | None = None,
+        slots: Slots | None = None,
+        max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES,
+        require_golden: bool = True,
+    ) -> None:
+        self.config = config
+        self.profile = profile
+        self.max_model_bytes = max_model_bytes
+        self.require_golden = require_golden
+        self._owns_fetcher = fetcher is None
+        self._fetcher: FetcherInterface = fetcher or HttpxFetcher(
+            config.device_token,
+            auth_urls=(config.registry_url, config.metadata_url, config.targets_url),
+        )
+        self.slots = slots or Slots(config.data_dir)
+        self.slots.recover()
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """Close the fetcher if this updater made it."""
+        if self._owns_fetcher and isinstance(self._fetcher, HttpxFetcher):
+            self._fetcher.close()
+
+    # --- what is installed ------------------------------------------------------
+
+    def current(self) -> Slot | None:
+        """The current slot, or ``None``.
+
+        Raises:
+            Nothing: see ``Slots.current``.
+        """
+        return self.slots.current()
+
+    def installed(self) -> tuple[str, str] | None:
+        """(model, version) of the current slot, or ``None`` when there is none.
+
+        Raises:
+            Nothing: see ``Slots.current``.
+        """
+        slot = self.slots.current()
+        return None if slot is None else (slot.model, slot.version)
+
+    def load(self, slot: Slot) -> ModelRuntime:
+        """Load ``slot`` into ONNX Runtime with the profile's providers.
+
+        Args:
+            slot: an installed slot (current after a start or a rollback).
+
+        Returns:
+            The runtime, ready to run.
+
+        Raises:
+            RuntimeLoadError: ONNX Runtime cannot load the file.
+        """
+        return ModelRuntime.load(
+            slot.bundle,
+            slot.path,
+            providers=self.profile.execution_providers,
+            variant=slot.variant,
+            intra_op_threads=self.profile.intra_op_threads,
+        )
+
+    def rollback(self) -> Slot:
+        """Make the previous slot current again (and the current one previous).
+
+        Returns:
+            The slot now current; load it with :meth:`load`.
+
+        Raises:
+            UpdateError: there is no usable previous slot.
+            OSError: state.json cannot be written.
+        """
+        with self._lock:
+            return self.slots.rollback()
+
+    # --- install -------------------------------------------------------------------
+
+    def install(self, model: str, version: str) -> InstallResult:
+        """Fetch, verify, smoke-test and activate ``model`` ``version``.
+
+        Args:
+            model: the model's name.
+            version: its semver version.
+
+        Returns:
+            The new current slot with its loaded, smoke-tested runtime.
+
+        Raises:
+            VerificationError: TUF or the bundle check refused something (reason
+                ``verification``), or the version is not in the signed metadata
+                (reason ``not_found``).
+            DownloadError: the registry could not be reached or answered an error
+                (reason ``download``, or ``timeout``).
+            SmokeTestError: the model's golden outputs are wrong (reason ``smoke_test``).
+            UpdateError: the bundle is not for this device (reason ``incompatible``)
+                or the disk refused (reason ``install``).
+        """
+        started = time.monotonic()
+        with self._lock:
+            try:
+                result = self._install(model, version, started)
+            except Exception as e:
+                mapped = _map_error(e, model, version)
+                if mapped is None:
+                    raise
+                logger.warning("install of %s %s failed: %s", model, version, mapped)
+                if mapped is e:
+                    raise
+                raise mapped from e
+        logger.info(
+            "installed %s %s (%s) in %.1f s; smoke max diff %.3g",
+            model,
+            version,
+            result.variant,
+            result.seconds,
+            result.smoke_max_diff,
+        )
+        return result
+
+    def _install(self, model: str, version: str, started: float) -> InstallResult:
+        try:
+            target = bundle_target(model, version)
+            Version.parse(version)
+        except ContractError as e:
+            raise VerificationError(
+                f"{model} {version} cannot be in the signed metadata: {e}", reason="not_found"
+            ) from e
+        metadata_dir = self.config.tuf_metadata_dir
+        with self.slots.staging() as staging:
+            tuf = TufUpdater(
+                metadata_dir=str(metadata_dir),
+                metadata_base_url=self.config.metadata_url,
+                target_base_url=self.config.targets_url,
+                target_dir=str(staging),
+                fetcher=self._fetcher,
+                bootstrap=_trusted_root(metadata_dir),
+            )
+            tuf.refresh()
+            bundle = self._fetch_bundle(tuf, target, model, version, staging)
+            variant = self._choose_variant(bundle)
+            entry = bundle.model_file(variant)
+            self._fetch_model_file(tuf, bundle, entry, staging)
+            # Only this variant's file was fetched; the bundle may list others.
+            dataclasses.replace(bundle, files=[entry]).verify_files(staging)
+            runtime = ModelRuntime.load(
+                bundle,
+                staging,
+                providers=self.profile.execution_providers,
+                variant=variant,
+                intra_op_threads=self.profile.intra_op_threads,
+            )
+            smoke = runtime.smoke_test()
+            slot = self.slots.commit(staging, bundle, variant)
+        return InstallResult(
+            model=model,
+            version=version,
+            variant=variant,
+            slot=slot.path,
+            smoke_max_diff=smoke,
+            seconds=time.monotonic() - started,
+            runtime=runtime,
+        )
+
+    def _fetch_bundle(
+        self, tuf: TufUpdater, target: str, model: str, version: str, staging: Path
+    ) -> Bundle:
+        info = tuf.get_targetinfo(target)
+        if info is None:
+            raise VerificationError(
+                f"{model} {version} is not in the registry's signed metadata; "
+                f"nothing installed, {_KEEPS_RUNNING}",
+                reason="not_found",
+            )
+        if info.length > _MAX_BUNDLE_JSON:
+            raise VerificationError(
+                f"{model} {version}: bundle.json is signed as {info.length} bytes, "
+                f"over the {_MAX_BUNDLE_JSON} limit; refused, {_KEEPS_RUNNING}"
+            )
+        path = Path(tuf.download_target(info, filepath=str(staging / BUNDLE_FILE)))
+        bundle = Bundle.from_bytes(path.read_bytes())
+        if (bundle.name, bundle.version) != (model, version):
+            raise VerificationError(
+                f"the signed target for {model} {version} holds a bundle of {bundle.name} "
+                f"{bundle.version}; refused, {_KEEPS_RUNNING}"
+            )
+        if self.require_golden and not bundle.golden:
+            raise SmokeTestError(
+                f"{model} {version} has no golden samples, so it cannot be smoke-tested; "
+                f"refused, {_KEEPS_RUNNING}"
+            )
+        return bundle
+
+    def _choose_variant(self, bundle: Bundle) -> str:
+        """The profile's variant if the bundle has it, else fp32; checks compatibility."""
+        where = f"{bundle.name} {bundle.version}"
+        allowed = bundle.compatibility.get("profiles") or []
+        if allowed and self.profile.name not in allowed:
+            raise UpdateError(
+                f"{where} is built for profiles {allowed}, not this device's "
+                f"{self.profile.name!r}; {_KEEPS_RUNNING}",
+                reason="incompatible",
+            )
+        minimum = bundle.compatibility.get("min_agent_version")
+        if minimum:
+            try:
+                too_old = Version.parse(corral.__version__) < Version.parse(str(minimum))
+            except VersionError:
+                too_old = True
+            if too_old:
+                raise UpdateError(
+                    f"{where} needs agent {minimum}, this is {corral.__version__}; "
+                    f"upgrade the agent, {_KEEPS_RUNNING}",
+                    reason="incompatible",
+                )
+        variants = {f.variant for f in bundle.files}
+        for variant in (self.profile.variant, "fp32"):
+            if variant in variants:
+                return variant
+        raise UpdateError(
+            f"{where} has variants {sorted(variants)}; profile {self.profile.name} needs "
+            f"{self.profile.variant!r} or 'fp32'; {_KEEPS_RUNNING}",
+            reason="incompatible",
+        )
+
+    def _fetch_model_file(
+        self, tuf: TufUpdater, bundle: Bundle, entry: BundleFile, staging: Path
+    ) -> None:
+        where = f"{bundle.name} {bundle.version}"
+        info: TargetFile | None = tuf.get_targetinfo(
+            file_target(bundle.name, bundle.version, entry.name)
+        )
+        if info is None:
+            raise VerificationError(
+                f"{where}: the bundle lists {entry.name} but the signed metadata does not; "
+                f"refused, {_KEEPS_RUNNING}"
+            )
+        if info.hashes.get("sha256") != entry.sha256 or info.length != entry.length:
+            raise VerificationError(
+                f"{where}: {entry.name} is signed as {info.length} bytes with SHA-256 "
+                f"{str(info.hashes.get('sha256'))[:12]}…, the bundle says {entry.length} "
+                f"bytes and {entry.sha256[:12]}…; refused, {_KEEPS_RUNNING}"
+            )
+        if info.length > self.max_model_bytes:
+            raise VerificationError(
+                f"{where}: {entry.name} is {info.length} bytes, over this device's limit of "
+                f"{self.max_model_bytes}; refused, {_KEEPS_RUNNING}"
+            )
+        free = shutil.disk_usage(staging).free
+        if free < info.length + _DISK_MARGIN:
+            raise UpdateError(
+                f"{where}: {entry.name} needs {info.length} bytes, the disk has {free} free; "
+                f"free some space, {_KEEPS_RUNNING}",
+                reason="install",
+            )
+        tuf.download_target(info, filepath=str(staging / entry.name))

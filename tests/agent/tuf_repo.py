@@ -1,0 +1,226 @@
+"""Test helpers: a small real TUF repository served over real HTTP, and tiny real models.
+
+``TufRepo`` builds root, targets, snapshot and timestamp metadata with
+python-tuf's Metadata API (ed25519 keys, consistent snapshots, the registry's
+URL layout from docs/contracts.md) and serves them with ``http.server`` in a
+thread. It can publish model versions, expire the timestamp (freeze), and
+tamper with a served file without re-signing (what an attacker on the wire or
+in the blob store could do).
+
+``make_model`` builds a real ONNX classifier (input ``[N,1,28,28]`` -> Flatten ->
+MatMul -> ``logits [N,2]``) and ``make_bundle`` a real bundle around it whose
+golden outputs are computed with ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+from securesystemslib.signer import CryptoSigner, Signer
+from tuf.api.metadata import (
+    Metadata,
+    MetaFile,
+    Root,
+    Snapshot,
+    TargetFile,
+    Targets,
+    Timestamp,
+)
+
+from corral.bundle import Bundle, BundleFile, GoldenSample, InputSpec, OutputSpec
+from corral.targets import bundle_target, file_target
+
+__all__ = ["TufRepo", "make_bundle", "make_model", "publish_bundle", "serve_repo"]
+
+MODEL_FILE = "model.onnx"
+LABELS = ["cat", "dog"]
+
+
+def _in(days: float) -> datetime:
+    return (datetime.now(UTC) + timedelta(days=days)).replace(microsecond=0)
+
+
+class TufRepo:
+    """An in-memory TUF repository with consistent snapshots.
+
+    URL layout (relative to the server): ``/metadata/{N}.root.json``,
+    ``/metadata/timestamp.json``, ``/metadata/{N}.snapshot.json``,
+    ``/metadata/{N}.targets.json`` and ``/targets/{dir}/{sha256}.{name}``.
+    """
+
+    def __init__(self) -> None:
+        self.signers: dict[str, Signer] = {
+            role: CryptoSigner.generate_ed25519()
+            for role in (Root.type, Targets.type, Snapshot.type, Timestamp.type)
+        }
+        root = Root(expires=_in(365), consistent_snapshot=True)
+        for role, signer in self.signers.items():
+            root.add_key(signer.public_key, role)
+        self.root = Metadata(root)
+        self.targets = Metadata(Targets(expires=_in(30)))
+        self.snapshot = Metadata(Snapshot(expires=_in(7)))
+        self.timestamp = Metadata(Timestamp(expires=_in(1)))
+        #: URL path -> body served for it.
+        self.files: dict[str, bytes] = {}
+        #: (path, Authorization header or None) of every request, in order.
+        self.requests: list[tuple[str, str | None]] = []
+        #: when set, requests without ``Bearer <token>`` get 401.
+        self.required_token: str | None = None
+        self._sign_root()
+        self.targets.signed.version = 0
+        self.snapshot.signed.version = 0
+        self.timestamp.signed.version = 0
+        self.publish()
+
+    def _sign(self, md: Metadata[Any], role: str) -> bytes:
+        md.signatures.clear()
+        md.sign(self.signers[role])
+        return md.to_bytes()
+
+    def _sign_root(self) -> None:
+        data = self._sign(self.root, Root.type)
+        self.files[f"/metadata/{self.root.signed.version}.root.json"] = data
+
+    @property
+    def root_bytes(self) -> bytes:
+        """The first root.json: what the registry hands out at enrolment."""
+        return self.files["/metadata/1.root.json"]
+
+    def add_target(self, path: str, data: bytes) -> None:
+        """Sign ``data`` as target ``path`` (takes effect at the next :meth:`publish`)."""
+        info = TargetFile.from_data(path, data, ["sha256"])
+        self.targets.signed.targets[path] = info
+        directory, _, name = path.rpartition("/")
+        self.files[f"/targets/{directory}/{info.hashes['sha256']}.{name}"] = data
+
+    def publish(self, timestamp_expires: datetime | None = None) -> None:
+        """Sign new targets, snapshot and timestamp versions."""
+        targets, snapshot, timestamp = (
+            self.targets.signed,
+            self.snapshot.signed,
+            self.timestamp.signed,
+        )
+        targets.version += 1
+        self.files[f"/metadata/{targets.version}.targets.json"] = self._sign(
+            self.targets, Targets.type
+        )
+        snapshot.meta["targets.json"] = MetaFile(version=targets.version)
+        snapshot.version += 1
+        self.files[f"/metadata/{snapshot.version}.snapshot.json"] = self._sign(
+            self.snapshot, Snapshot.type
+        )
+        timestamp.snapshot_meta = MetaFile(version=snapshot.version)
+        timestamp.version += 1
+        timestamp.expires = timestamp_expires or _in(1)
+        self.files["/metadata/timestamp.json"] = self._sign(self.timestamp, Timestamp.type)
+
+    def served_target_path(self, target: str) -> str:
+        """The URL path a target is served at."""
+        info = self.targets.signed.targets[target]
+        directory, _, name = target.rpartition("/")
+        return f"/targets/{directory}/{info.hashes['sha256']}.{name}"
+
+    def tamper(self, target: str, offset: int = -1) -> None:
+        """Change one byte of the served file of ``target``, leaving its signature as is."""
+        path = self.served_target_path(target)
+        data = bytearray(self.files[path])
+        data[offset] ^= 0x01
+        self.files[path] = bytes(data)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    repo: TufRepo
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server names it)
+        auth = self.headers.get("Authorization")
+        self.repo.requests.append((self.path, auth))
+        if self.repo.required_token and auth != f"Bearer {self.repo.required_token}":
+            self.send_error(401)
+            return
+        body = self.repo.files.get(self.path)
+        if body is None:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextmanager
+def serve_repo(repo: TufRepo) -> Iterator[str]:
+    """Serve ``repo`` on 127.0.0.1; yield the base URL (``http://127.0.0.1:PORT``)."""
+    handler = type("Handler", (_Handler,), {"repo": repo})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def make_model(seed: int) -> bytes:
+    """A real ONNX classifier: [N,1,28,28] -> Flatten -> MatMul(784x2) -> logits [N,2]."""
+    weights = np.random.default_rng(seed).normal(0, 0.05, (784, 2)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Flatten", ["input"], ["flat"], axis=1),
+            helper.make_node("MatMul", ["flat", "w"], ["logits"]),
+        ],
+        "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 28, 28])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2])],
+        initializer=[numpy_helper.from_array(weights, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def make_bundle(
+    name: str, version: str, model: bytes, *, wrong_golden: bool = False, **extra: Any
+) -> Bundle:
+    """A bundle for ``model`` with three golden samples computed by ONNX Runtime."""
+    inputs = np.random.default_rng(7).random((3, 1, 28, 28), dtype=np.float32)
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    outputs = session.run(["logits"], {"input": inputs})[0]
+    if wrong_golden:
+        outputs = outputs + 1.0
+    digest = TargetFile.from_data("x", model, ["sha256"]).hashes["sha256"]
+    return Bundle(
+        name=name,
+        version=version,
+        input=InputSpec(name="input", shape=[None, 1, 28, 28]),
+        output=OutputSpec(name="logits", labels=list(LABELS)),
+        files=[BundleFile(name=MODEL_FILE, sha256=digest, length=len(model))],
+        golden=[
+            GoldenSample(input=[float(v) for v in x.ravel()], output=[float(v) for v in y])
+            for x, y in zip(inputs, outputs, strict=True)
+        ],
+        golden_tolerance=1e-4,
+        **extra,
+    )
+
+
+def publish_bundle(repo: TufRepo, bundle: Bundle, files: dict[str, bytes]) -> None:
+    """Sign ``bundle``'s bundle.json and ``files`` as targets and publish."""
+    repo.add_target(bundle_target(bundle.name, bundle.version), bundle.to_bytes())
+    for name, data in files.items():
+        repo.add_target(file_target(bundle.name, bundle.version, name), data)
+    repo.publish()
