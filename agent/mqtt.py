@@ -261,7 +261,8 @@ class AgentLink:
             logger.warning("ignoring a bad desired payload on %s: %s", message.topic, e)
             return
         if self.on_desired is not None:
-            self.on_desired(dict(desired.body))
+            # The registry's seq tells a re-issued hint from a retained replay.
+            self.on_desired({**desired.body, "seq": desired.seq})
 
     # --- sender (its own thread) ----------------------------------------------------
 

@@ -99,6 +99,10 @@ class InstallBackoff:
         self._failures[key] = (count, now + delay)
         return delay
 
+    def clear(self, key: tuple[str, str]) -> None:
+        """Forget the failures of ``key``, so that it may be tried at once."""
+        self._failures.pop(key, None)
+
     def allowed(self, key: tuple[str, str], now: float) -> bool:
         """Whether ``key`` may be tried at ``now``."""
         entry = self._failures.get(key)
@@ -165,6 +169,7 @@ class AgentService:
         self.installs = 0
         self._desired: tuple[str | None, str | None] | None = None
         self._desired_gen = 0  # bumped by every MQTT hint
+        self._desired_seq = -1  # the newest registry seq of a desired hint seen
         self._kick = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -323,7 +328,15 @@ class AgentService:
 
     def _on_desired(self, body: Mapping[str, Any]) -> None:
         # paho's thread: hand over and return.
-        self._desired = (body.get("model"), body.get("version"))
+        desired = (body.get("model"), body.get("version"))
+        seq = body.get("seq")
+        if isinstance(seq, int) and seq > self._desired_seq:
+            # A hint the registry issued anew (a new rollout), not a retained replay:
+            # an operator asked again, so a failed version gets a fresh try now.
+            self._desired_seq = seq
+            if desired[0] is not None and desired[1] is not None:
+                self.backoff.clear((desired[0], desired[1]))
+        self._desired = desired
         self._desired_gen += 1
         self._kick.set()
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import socket
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,9 @@ from corral.local import LocalFleet
 pytestmark = pytest.mark.e2e
 
 MOSQUITTO = ("127.0.0.1", 1883)
-DEVICES = ("e2e-park-1", "e2e-park-2")
+# Unique per run: the broker is shared and keeps retained messages between runs.
+_RUN = uuid.uuid4().hex[:6]
+DEVICES = (f"e2e-{_RUN}-1", f"e2e-{_RUN}-2")
 
 
 def _mosquitto_up() -> bool:
@@ -113,7 +116,7 @@ def test_a_tampered_model_in_the_blob_store_is_refused_and_the_current_model_kee
     fleet.wait_for("the agent to refuse the tampered model", refused, 120)
     summary = _device(fleet, device)
     failure = next(e for e in summary["events"] if e.get("event") == "install_failed")
-    assert failure["reason"] == "verification", failure
+    assert failure["data"]["reason"] == "verification", failure
     assert "1.0.1" in failure["message"]
     time.sleep(6)  # one more inference window
     summary = _device(fleet, device)
