@@ -18,9 +18,10 @@ must not pull in torch, so importing this package costs nothing until a name is 
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+from typing import Any as _Any
 
-if TYPE_CHECKING:
+if _TYPE_CHECKING:
     from trainer.data import (
         INPUT_SCALE,
         Dataset,
@@ -155,7 +156,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _Any:
     module = _MODULE_OF.get(name)
     if module is None:
         raise AttributeError(f"module 'trainer' has no attribute {name!r}")

@@ -171,7 +171,7 @@ def test_desired_callback_gets_the_retained_hint_and_ignores_bad_ones(
         hint = encode("desired", device_id, 5, {"model": "tiny", "version": "1.2.0"})
         publish_raw(desired_topic, hint, retain=True)
         assert wait_for(lambda: len(got) == 1)
-        assert got[0] == {"model": "tiny", "version": "1.2.0"}
+        assert got[0] == {"model": "tiny", "version": "1.2.0", "seq": 5}
     finally:
         link.stop()
         outbox.close()
