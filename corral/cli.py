@@ -78,17 +78,17 @@ def _fmt(value: Any, spec: str = "") -> str:
 def device_table(devices: list[dict[str, Any]]) -> Table:
     """A table of device summaries, as ``corral devices`` and the demo print it."""
     table = Table(title="Devices")
-    for column in ("device", "state", "model", "frames", "fps", "p95 ms", "accuracy", "labelled"):
-        table.add_column(
-            column, justify="right" if column not in ("device", "state", "model") else "left"
-        )
+    left = ("device", "state", "model", "version")
+    for column in (*left, "frames", "fps", "p95 ms", "accuracy", "labelled"):
+        table.add_column(column, justify="left" if column in left else "right", no_wrap=True)
     for d in devices:
-        version = f"{_fmt(d.get('model'))} {_fmt(d.get('version'))}"
+        version = _fmt(d.get("version"))
         if d.get("desired_version") and d.get("desired_version") != d.get("version"):
             version += f" → {d['desired_version']}"
         table.add_row(
             d["device_id"],
             _fmt(d.get("state")),
+            _fmt(d.get("model")),
             version,
             _fmt(d.get("frames")),
             _fmt(d.get("fps"), ".1f"),

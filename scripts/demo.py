@@ -87,6 +87,13 @@ def run(args: argparse.Namespace) -> int:
         client.start_rollout(MODEL, "1.1.0", list(DEVICES))
         fleet.wait_converged("1.1.0", DEVICES, timeout=180)
         _sleep(fleet, args.soak, "v1.1.0 soak")
+        # Accuracy on a handful of frames says little: wait for enough labels on v1.1.0.
+        with console.status(f"waiting for {args.labels} labelled frames per device on v1.1.0"):
+            fleet.wait_for(
+                "enough labelled frames",
+                lambda: all((d.get("labelled") or 0) >= args.labels for d in client.devices()),
+                300,
+            )
 
         _step("6. the fleet")
         devices = [d for d in client.devices() if d["device_id"] in DEVICES]
@@ -123,9 +130,14 @@ def main() -> int:
     parser.add_argument("--fps", type=int, default=15, help="simulated camera frame rate")
     parser.add_argument("--epochs", type=int, default=12, help="training epochs for v1.0.0")
     parser.add_argument("--soak", type=float, default=20.0, help="seconds to run each version")
+    parser.add_argument(
+        "--labels", type=int, default=300, help="labelled frames per device before the table"
+    )
     args = parser.parse_args()
     # SIGTERM ends the demo like Ctrl-C does, so the fleet is stopped cleanly either way.
+    # (SIGINT too: a shell that starts the demo in the background ignores it otherwise.)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return run(args)
     except CorralError as e:
