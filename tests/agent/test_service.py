@@ -287,6 +287,14 @@ def test_desired_hint_installs_swaps_reports_and_a_bad_version_is_not_retried(
         service.reconcile()
         assert updater.calls.count(("tiny", "9.9.9")) == 1
         assert service.installed == ("tiny", "1.0.0")
+        # The registry issuing the same hint anew (a new rollout, higher seq) is an
+        # operator asking again: the version is tried at once, backoff or not.
+        publish_retained(
+            topic(device_id, "desired"),
+            encode("desired", "registry", 3, {"model": "tiny", "version": "9.9.9"}),
+        )
+        assert wait_for(lambda: updater.calls.count(("tiny", "9.9.9")) == 2)
+        assert service.installed == ("tiny", "1.0.0")
         frames = service.pipeline.frames_total if service.pipeline else 0
         assert wait_for(
             lambda: service.pipeline is not None and service.pipeline.frames_total > frames
