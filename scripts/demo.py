@@ -26,7 +26,8 @@ from corral.cli import device_table
 from corral.errors import CorralError
 from corral.local import LocalFleet
 
-console = Console()
+# Wide enough for the fleet table when the output is a file or a CI log.
+console = Console(width=None if sys.stdout.isatty() else 110)
 DEVICES = ("park-1", "park-2", "park-3")
 MODEL = "animals"
 
