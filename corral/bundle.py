@@ -453,13 +453,20 @@ class Bundle:
             raise BundleError(f"cannot read {path}: {e.strerror}") from e
         return cls.from_bytes(raw)
 
-    def verify_files(self, directory: Path) -> None:
-        """Check every listed file in ``directory`` against its length and SHA-256.
+    def verify_files(self, directory: Path, variant: str | None = None) -> None:
+        """Check the listed files in ``directory`` against their length and SHA-256.
+
+        Args:
+            directory: where the files are.
+            variant: check only this variant's file (a device fetches one variant);
+                every file when None.
 
         Raises:
-            BundleError: a file is missing, or its length or digest differs.
+            BundleError: a file is missing, or its length or digest differs, or the
+                bundle has no such variant.
         """
-        for entry in self.files:
+        entries = self.files if variant is None else [self.model_file(variant)]
+        for entry in entries:
             path = Path(directory) / entry.name
             if not path.is_file():
                 raise BundleError(f"bundle file {entry.name} is missing from {directory}")

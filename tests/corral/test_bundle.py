@@ -125,3 +125,13 @@ def test_any_extra_fields_survive_a_round_trip(extra: dict[str, Any], tolerance:
     bundle = Bundle.from_bytes(json.dumps(doc).encode())
     assert Bundle.from_bytes(bundle.to_bytes()).to_dict() == bundle.to_dict()
     assert bundle.unrecognized == extra
+
+
+def test_a_device_verifies_only_the_variant_it_fetched(tmp_path: Path) -> None:
+    doc = bundle_dict()
+    doc["files"].append({**doc["files"][0], "name": "model-int8.onnx", "variant": "int8"})
+    (tmp_path / "model.onnx").write_bytes(b"onnx-bytes")
+    bundle = Bundle.from_dict(doc)
+    bundle.verify_files(tmp_path, variant="fp32")
+    with pytest.raises(BundleError, match="model-int8.onnx is missing"):
+        bundle.verify_files(tmp_path)
