@@ -41,6 +41,8 @@ Registry = Annotated[
 Token = Annotated[
     str | None, typer.Option("--token", envvar="CORRAL_TOKEN", help="API token (admin).")
 ]
+Watch = Annotated[bool, typer.Option(help="Follow until every device reports the version.")]
+WatchTimeout = Annotated[float, typer.Option(help="Seconds to follow with --watch.")]
 
 
 def _mount_roles() -> None:
@@ -172,10 +174,8 @@ def rollout_start(
     device: Annotated[
         list[str] | None, typer.Option("--device", help="Device id (repeat); all devices if none.")
     ] = None,
-    watch: Annotated[
-        bool, typer.Option(help="Follow until every device reports the version.")
-    ] = False,
-    timeout: Annotated[float, typer.Option(help="Seconds to follow with --watch.")] = 600.0,
+    watch: Watch = False,
+    timeout: WatchTimeout = 600.0,
     registry: Registry = None,
     token: Token = None,
 ) -> None:
@@ -197,10 +197,8 @@ def rollout_status(
     rollout_id: Annotated[
         str | None, typer.Argument(help="Rollout id; the newest if omitted.")
     ] = None,
-    watch: Annotated[
-        bool, typer.Option(help="Follow until every device reports the version.")
-    ] = False,
-    timeout: Annotated[float, typer.Option(help="Seconds to follow with --watch.")] = 600.0,
+    watch: Watch = False,
+    timeout: WatchTimeout = 600.0,
     registry: Registry = None,
     token: Token = None,
 ) -> None:
