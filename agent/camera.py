@@ -19,6 +19,14 @@ Sources are given as URIs (:func:`parse_camera`):
 - ``file:/path/video.mp4?loop=1``: a video played at its own frame rate,
   looping; an optional sidecar ``video.mp4.labels.json`` holding
   ``{"labels": [label per frame index]}`` gives ground truth.
+- ``rtsp://…``, ``http(s)://…``: a network stream through FFmpeg, read as fast
+  as it comes (the stream keeps its own pace). A stream that sends nothing for
+  max(2 s, 3 frame intervals) is stalled: the read fails, the camera reports the
+  error and reconnects with a backoff capped at 2 s, so it is back within a few
+  seconds of the source returning. Options go in the fragment, which is never
+  sent to the server: ``rtsp://cam/stream#id=gate&fps=15`` (``fps`` is the
+  expected rate, used for the stall time before the stream reports its own).
+- ``v4l2:/dev/video0``: a local V4L2 device, read like a stream.
 
 :class:`MemorySource` serves frames from memory for tests and benchmarks.
 """
@@ -49,6 +57,7 @@ __all__ = [
     "Frame",
     "LatestFrame",
     "MemorySource",
+    "StreamSource",
     "parse_camera",
 ]
 
@@ -56,7 +65,11 @@ logger = logging.getLogger(__name__)
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 _DEFAULT_VIDEO_FPS = 25.0
-_REOPEN_DELAY_S = 1.0
+# Reconnect backoff: quick first tries, then every 2 s, so a returning source is
+# picked up within a few seconds without hammering one that stays away.
+_REOPEN_DELAYS_S = (0.25, 0.5, 1.0, 2.0)
+_MIN_STALL_S = 2.0
+_STREAM_OPEN_TIMEOUT_S = 5.0
 
 
 @dataclass(slots=True)
@@ -131,6 +144,9 @@ class CameraSource:
 
     camera_id: str
     fps: float | None = None
+    #: A live source paces itself (a network stream, a device): the capture thread
+    #: reads it as fast as frames come, and the newest wins in the slot.
+    live: bool = False
 
     def open(self) -> None:
         """Open the source.
@@ -329,6 +345,92 @@ class FileSource(CameraSource):
             self._capture = None
 
 
+class StreamSource(CameraSource):
+    """A live stream (RTSP, HTTP, a V4L2 device) read through OpenCV's FFmpeg or V4L2 backend.
+
+    The read timeout is the stall time, max(2 s, 3 frame intervals), so a stream
+    that goes silent fails its read instead of blocking the capture thread.
+    """
+
+    live = True
+
+    def __init__(
+        self,
+        url: str,
+        camera_id: str | None = None,
+        expected_fps: float | None = None,
+        backend: int = cv2.CAP_FFMPEG,
+    ) -> None:
+        self.url = url
+        self.camera_id = camera_id or _stream_name(url)
+        self.backend = backend
+        self.fps = expected_fps
+        self._capture: Any = None
+
+    @property
+    def stall_s(self) -> float:
+        """Seconds without a frame after which the stream counts as stalled."""
+        return max(_MIN_STALL_S, 3.0 / self.fps) if self.fps else _MIN_STALL_S
+
+    def _connect(self) -> Any:
+        params = [
+            cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
+            int(max(_STREAM_OPEN_TIMEOUT_S, self.stall_s) * 1000),
+            cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+            int(self.stall_s * 1000),
+        ]
+        capture = cv2.VideoCapture(self.url, self.backend, params)
+        if not capture.isOpened():
+            capture.release()
+            raise CameraError(f"cannot open camera stream {self.url}; is the source up?")
+        return capture
+
+    def open(self) -> None:
+        """Connect to the stream.
+
+        Raises:
+            CameraError: the stream cannot be opened within the open timeout.
+        """
+        capture = self._connect()
+        reported = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
+        if 0 < reported <= 1000 and (self.fps is None or abs(reported - self.fps) > 0.5):
+            before = self.stall_s
+            self.fps = reported
+            if self.stall_s > before:
+                # A slow stream needs a longer read timeout than the one opened with.
+                capture.release()
+                capture = self._connect()
+        self._capture = capture
+
+    def read(self) -> tuple[np.ndarray, str | None] | None:
+        """The next frame as it arrives; a live stream has no labels.
+
+        Raises:
+            CameraError: the stream ended, stalled past the stall time, or broke.
+        """
+        if self._capture is None:
+            raise CameraError(f"camera stream {self.url} is not open")
+        ok, image = self._capture.read()
+        if not ok or image is None:
+            raise CameraError(
+                f"camera stream {self.url} sent no frame for {self.stall_s:.1f} s "
+                "or closed; reconnecting"
+            )
+        return image, None
+
+    def close(self) -> None:
+        """Release the capture."""
+        if self._capture is not None:
+            self._capture.release()
+            self._capture = None
+
+
+def _stream_name(url: str) -> str:
+    parts = urlsplit(url)
+    tail = Path(parts.path).stem
+    return f"{parts.hostname or 'stream'}-{tail}" if tail else (parts.hostname or "stream")
+
+
 class Camera:
     """A source and the capture thread that feeds its :class:`LatestFrame` slot.
 
@@ -389,7 +491,8 @@ class Camera:
                 # Behind by more than a frame: skip ahead instead of bursting.
                 deadline = max(deadline + period, time.monotonic() - period)
             # Benchmark mode: hand over the next frame as soon as the last one is taken.
-            elif not self.slot.wait_taken(0.1):
+            # (A live source is read as fast as it delivers, so no frame piles up in it.)
+            elif not self.source.live and not self.slot.wait_taken(0.1):
                 continue
             try:
                 item = self.source.read()
@@ -408,8 +511,10 @@ class Camera:
             index += 1
 
     def _reopen(self) -> bool:
-        # Supervision: keep trying to reopen a failed source until stopped.
-        while not self._stop.wait(_REOPEN_DELAY_S):
+        # Supervision: keep trying to reopen a failed source until stopped, backing off.
+        attempt = 0
+        while not self._stop.wait(_REOPEN_DELAYS_S[min(attempt, len(_REOPEN_DELAYS_S) - 1)]):
+            attempt += 1
             self.source.close()
             try:
                 self.source.open()
@@ -417,7 +522,7 @@ class Camera:
                 self.error = str(e)
                 continue
             self.error = None
-            logger.info("camera %s is back", self.camera_id)
+            logger.info("camera %s is back after %d attempt(s)", self.camera_id, attempt)
             return True
         return False
 
@@ -438,6 +543,8 @@ def parse_camera(uri: str, camera_id: str | None = None) -> CameraSource:
     """
     parts = urlsplit(uri)
     scheme = parts.scheme.lower()
+    if scheme in _STREAM_SCHEMES:
+        return _parse_stream(uri, camera_id)
     path = Path(parts.netloc + parts.path) if parts.netloc else Path(parts.path)
     if not parts.path and not parts.netloc:
         raise CameraError(f"camera URI {uri!r} has no path; e.g. folder:/data/images?fps=20")
@@ -454,10 +561,36 @@ def parse_camera(uri: str, camera_id: str | None = None) -> CameraSource:
             source = FileSource(path, loop=loop, camera_id=name)
         else:
             raise CameraError(
-                f"camera URI {uri!r} has unknown scheme {parts.scheme!r}; use folder: or file:"
+                f"camera URI {uri!r} has unknown scheme {parts.scheme!r}; use folder:, file:, "
+                "rtsp://, http(s):// or v4l2:"
             )
     except ValueError as e:
         raise CameraError(f"camera URI {uri!r} has a bad parameter: {e}") from e
     if params:
         raise CameraError(f"camera URI {uri!r} has unknown parameters {sorted(params)}")
     return source
+
+
+_STREAM_SCHEMES = ("rtsp", "rtsps", "http", "https", "v4l2")
+
+
+def _parse_stream(uri: str, camera_id: str | None) -> StreamSource:
+    url, _, fragment = uri.partition("#")
+    options = {k: v[-1] for k, v in parse_qs(fragment).items()}
+    name = options.pop("id", None) or camera_id
+    try:
+        fps = float(options.pop("fps")) if "fps" in options else None
+    except ValueError as e:
+        raise CameraError(f"camera URI {uri!r} has a bad fps: {e}") from e
+    if fps is not None and not 0 < fps <= 1000:
+        raise CameraError(f"camera URI {uri!r}: fps should be in (0, 1000], got {fps}")
+    if options:
+        raise CameraError(f"camera URI {uri!r} has unknown options {sorted(options)}")
+    if url.lower().startswith("v4l2:"):
+        device = urlsplit(url).path
+        if not device:
+            raise CameraError(f"camera URI {uri!r} names no device; e.g. v4l2:/dev/video0")
+        return StreamSource(device, name or Path(device).name, fps, backend=cv2.CAP_V4L2)
+    if not urlsplit(url).hostname:
+        raise CameraError(f"camera URI {uri!r} names no host; e.g. rtsp://camera.local/stream")
+    return StreamSource(url, name, fps)

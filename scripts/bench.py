@@ -24,7 +24,8 @@ from rich.console import Console
 from rich.table import Table
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
+# benchmarks/ lives in scripts/; some benchmarks reuse test fixtures (tests/).
+sys.path[:0] = [str(ROOT / "scripts"), str(ROOT)]
 from benchmarks.common import Figure  # noqa: E402 (scripts/ is on sys.path only now)
 
 console = Console()
