@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,12 +54,17 @@ def default_profiles_dir() -> Path:
     """Where firmware profiles live when agent.json does not say.
 
     Returns:
-        ``$CORRAL_PROFILES`` if set, else the repository's ``firmware-profiles/``.
+        ``$CORRAL_PROFILES`` if set, else the checkout's ``firmware-profiles/`` (an
+        editable install), else the copy a wheel installs into
+        ``{sys.prefix}/share/corral/firmware-profiles``.
     """
     env = os.environ.get("CORRAL_PROFILES")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[1] / "firmware-profiles"
+    checkout = Path(__file__).resolve().parents[1] / "firmware-profiles"
+    if checkout.is_dir():
+        return checkout
+    return Path(sys.prefix) / "share" / "corral" / "firmware-profiles"
 
 
 def fsync_dir(directory: Path) -> None:
@@ -155,6 +161,11 @@ class AgentConfig:
     def tuf_metadata_dir(self) -> Path:
         """TUF ngclient's metadata folder; enrolment puts the trusted root.json here."""
         return self.data_dir / "tuf" / "metadata"
+
+    @property
+    def downloads_dir(self) -> Path:
+        """Partial downloads of model files, resumed after a drop or a restart."""
+        return self.data_dir / "downloads"
 
     @property
     def resolved_profiles_dir(self) -> Path:
