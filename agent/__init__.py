@@ -3,8 +3,9 @@
 Install path: :mod:`agent.config`, :mod:`agent.enrol`, :mod:`agent.hardware`,
 :mod:`agent.fetcher`, :mod:`agent.slots`, :mod:`agent.updater`. Run path:
 :mod:`agent.camera`, :mod:`agent.pipeline`, :mod:`agent.runtime`,
-:mod:`agent.telemetry`, :mod:`agent.outbox`, :mod:`agent.mqtt`,
-:mod:`agent.service`; :mod:`agent.cli` is ``corral agent``.
+:mod:`agent.health`, :mod:`agent.telemetry`, :mod:`agent.outbox`,
+:mod:`agent.mqtt`, :mod:`agent.lock`, :mod:`agent.service`; :mod:`agent.cli`
+is ``corral agent``.
 
 Names are exported lazily (PEP 562): ``import agent`` (and so ``corral
 --help``, which mounts :mod:`agent.cli`) does not load OpenCV, ONNX Runtime,
@@ -21,6 +22,7 @@ _EXPORTS: dict[str, str] = {
     "AgentError": "agent.errors",
     "CameraError": "agent.errors",
     "ConfigError": "agent.errors",
+    "DataDirLockedError": "agent.errors",
     "DownloadError": "agent.errors",
     "EnrolmentError": "agent.errors",
     "RuntimeLoadError": "agent.errors",
@@ -33,6 +35,9 @@ _EXPORTS: dict[str, str] = {
     "choose_profile": "agent.hardware",
     "detect_facts": "agent.hardware",
     "HttpxFetcher": "agent.fetcher",
+    "FetchStats": "agent.fetcher",
+    "DataDirLock": "agent.lock",
+    "HealthBudget": "agent.health",
     "Slot": "agent.slots",
     "Slots": "agent.slots",
     "InstallResult": "agent.updater",
@@ -67,16 +72,19 @@ __all__ = [
     "CameraError",
     "CameraSource",
     "ConfigError",
+    "DataDirLock",
+    "DataDirLockedError",
     "DownloadError",
     "EnrolmentError",
+    "FetchStats",
     "FileSource",
     "FolderSource",
     "Frame",
+    "HealthBudget",
     "HttpxFetcher",
     "InstallResult",
     "LatestFrame",
     "MemorySource",
-    "StreamSource",
     "ModelRuntime",
     "Nvml",
     "Outbox",
@@ -86,6 +94,7 @@ __all__ = [
     "Slot",
     "Slots",
     "SmokeTestError",
+    "StreamSource",
     "SwapRecord",
     "UpdateError",
     "Updater",

@@ -2,6 +2,7 @@
 
     AgentError
     ├── ConfigError            the agent's own configuration is missing or wrong
+    │   └── DataDirLockedError another agent process owns the data folder
     ├── EnrolmentError         the registry refused or could not be reached at enrolment
     ├── CameraError            a camera source cannot be opened or read
     ├── RuntimeLoadError       a model cannot be loaded into ONNX Runtime
@@ -23,6 +24,7 @@ __all__ = [
     "AgentError",
     "CameraError",
     "ConfigError",
+    "DataDirLockedError",
     "DownloadError",
     "EnrolmentError",
     "RuntimeLoadError",
@@ -38,6 +40,10 @@ class AgentError(CorralError):
 
 class ConfigError(AgentError):
     """The agent's configuration is missing or invalid."""
+
+
+class DataDirLockedError(ConfigError):
+    """Another agent process holds the data folder's lock."""
 
 
 class EnrolmentError(AgentError):

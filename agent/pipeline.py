@@ -18,7 +18,9 @@ Statistics live in windows. :meth:`Pipeline.take_window` closes the current
 window and returns the bodies of the ``inference`` and ``accuracy`` payloads
 (see ``corral.payloads``). A swap closes the window too, so that every window
 belongs to exactly one model version; windows closed by swaps wait in
-:meth:`Pipeline.closed_windows`.
+:meth:`Pipeline.closed_windows`. Besides windows, the pipeline keeps the
+running model's statistics since its swap (:meth:`Pipeline.since_swap`), on
+which the service judges a new model's health budget (``agent.health``).
 
 While no model is loaded the loop takes nothing: cameras keep capturing and
 their overwritten frames count as drops.
@@ -36,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from agent.camera import Camera, Frame
+from agent.health import RunStats
 from agent.runtime import ModelRuntime
 
 __all__ = ["HIST_BINS", "Pipeline", "SwapRecord", "Window"]
@@ -159,6 +162,12 @@ def _identity(runtime: ModelRuntime | None) -> tuple[str, str] | None:
     return None if runtime is None else (runtime.bundle.name, runtime.bundle.version)
 
 
+def _run_stats(runtime: ModelRuntime | None) -> RunStats:
+    if runtime is None:
+        return RunStats()
+    return RunStats(runtime.bundle.name, runtime.bundle.version)
+
+
 class Pipeline:
     """Batches the newest frames of several cameras through one model.
 
@@ -195,6 +204,7 @@ class Pipeline:
         self._lock = threading.Lock()
         self._closed: list[tuple[dict[str, Any], dict[str, Any]]] = []
         self._window = self._new_window(runtime)
+        self._since = _run_stats(runtime)
         self._drops_seen = [c.drops for c in self.cameras]
         self._buffer = np.zeros((0, 0, 0, 0), dtype=np.float32)
         self._frames: list[Frame] = []
@@ -269,6 +279,7 @@ class Pipeline:
                 self._closed.append(self._window.bodies(self._queue_depth(), now))
             self._runtime = runtime
             self._window = self._new_window(runtime)
+            self._since = _run_stats(runtime)
         record = SwapRecord(
             _identity(old),
             (runtime.bundle.name, runtime.bundle.version),
@@ -295,6 +306,14 @@ class Pipeline:
             self._collect_drops(window)
             self._window = self._new_window(self._runtime)
             return window.bodies(self._queue_depth())
+
+    def since_swap(self) -> RunStats:
+        """What the running model did since it was swapped in (a snapshot).
+
+        The health budget (``agent.health``) judges a new model on this.
+        """
+        with self._lock:
+            return self._since.copy()
 
     def closed_windows(self) -> list[tuple[dict[str, Any], dict[str, Any]]]:
         """Remove and return the windows that swaps closed, oldest first."""
@@ -391,6 +410,8 @@ class Pipeline:
             with self._lock:
                 self._window.errors += n
                 self.errors_total += n
+                if _identity(runtime) == (self._since.model, self._since.version):
+                    self._since.errors += n
             return
         done = time.monotonic()
         finite = np.isfinite(scores).all(axis=1)
@@ -408,16 +429,20 @@ class Pipeline:
                 # A swap landed between run and here; should not happen (swaps wait for
                 # batch boundaries) but never mix versions in one window.
                 return
+            since = self._since
             bad = int(n - finite.sum())
             if bad:
                 window.errors += bad
                 self.errors_total += bad
+                since.nonfinite += bad
             index = window.index
             for i in range(n):
                 if not finite[i]:
                     continue
                 frame = frames[i]
-                window.latencies.append((done - frame.captured) * 1000.0)
+                latency_ms = (done - frame.captured) * 1000.0
+                window.latencies.append(latency_ms)
+                since.add_latency(latency_ms)
                 if frame.label is None:
                     continue
                 window.labelled += 1
@@ -435,5 +460,6 @@ class Pipeline:
             bins = np.minimum((confidence[finite] * HIST_BINS).astype(np.int64), HIST_BINS - 1)
             np.add.at(window.hist, np.maximum(bins, 0), 1)
             window.frames += int(finite.sum())
+            since.frames += int(finite.sum())
             window.batches += 1
             self.frames_total += int(finite.sum())

@@ -2,6 +2,7 @@
 
 Start order (:meth:`AgentService.start`):
 
+0. take the data folder's lock (``agent.lock``): one process per folder;
 1. load ``agent.json`` and choose the firmware profile;
 2. open the outbox and load the current installed model, if any (a model that
    no longer loads is reported in an event and the agent runs without one);
@@ -16,7 +17,8 @@ Threads and what they own::
     camera-*     capture → LatestFrame slots
     pipeline     batches → ModelRuntime → statistics windows
     reconciler   desired (MQTT hint, or HTTP poll every poll_interval_s) vs installed →
-                 Updater.install → Pipeline.swap → events + status; one install at a time
+                 Updater.install → Pipeline.swap → events + status; one install at a time;
+                 then the new model's health budget, and a local rollback when it fails
     reporter     inference + accuracy every report_interval_s, telemetry every
                  profile.telemetry_interval_s, camera lost/found events
     mqtt-sender  outbox → broker (see agent.mqtt)
@@ -25,6 +27,15 @@ Installs never run on the pipeline thread: the pipeline keeps serving the old
 model until the new one is loaded and smoke-tested, then switches between two
 batches. A failed version is retried only after a backoff that doubles with
 each failure, so a bad release cannot make the agent loop.
+
+Local rollback (``agent.health``): after a swap the new model is on probation;
+the reconciler checks its statistics every ``health_check_s``. NaN outputs, a
+runtime error rate or a latency over the profile's budget roll it back to the
+previous slot (``Updater.rollback``), swap that runtime in, and report an
+``events`` message ``rolled_back`` with the reason code. A model whose smoke
+test fails is rolled back the same way: at install (the staged model never
+runs) and at start (the current slot no longer passes its golden samples).
+A rolled-back version is not installed again until a newer desired hint.
 
 While no model is installed, cameras run but nothing is inferred; their
 frames are overwritten and count as drops, and no inference windows are sent.
@@ -46,7 +57,9 @@ import httpx
 
 import corral
 from agent.camera import Camera, parse_camera
-from agent.errors import AgentError, UpdateError
+from agent.errors import AgentError, SmokeTestError, UpdateError
+from agent.health import HealthBudget, Rejections, RunStats, Verdict, judge
+from agent.lock import DataDirLock
 from agent.mqtt import AgentLink
 from agent.outbox import Outbox
 from agent.pipeline import Pipeline
@@ -73,6 +86,19 @@ class _Updater(Protocol):
     def install(self, model: str, version: str) -> Any: ...
 
     def current(self) -> Any: ...
+
+    def rollback(self) -> Any: ...
+
+    def load(self, slot: Any) -> ModelRuntime: ...
+
+
+@dataclass
+class _Probation:
+    """A freshly swapped model under watch: which, since when, against what baseline."""
+
+    key: tuple[str, str]
+    started: float
+    baseline_p95: float | None
 
 
 DesiredPoll = Callable[[], tuple[str | None, str | None] | None]
@@ -140,6 +166,9 @@ class AgentService:
             None polls ``{registry}/api/v1/devices/{id}/desired`` over HTTP.
         retry_backoff_s: the first wait before a failed version is tried again.
         nvml: the GPU telemetry reader; None uses pynvml when installed.
+        health: the new model's health budget; None uses the defaults with the
+            profile's latency budget.
+        health_check_s: how often a model on probation is judged.
     """
 
     def __init__(
@@ -153,6 +182,8 @@ class AgentService:
         poll_desired: DesiredPoll | None = None,
         retry_backoff_s: float = 30.0,
         nvml: Nvml | None = None,
+        health: HealthBudget | None = None,
+        health_check_s: float = 0.25,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.camera_uris = list(cameras)
@@ -174,6 +205,13 @@ class AgentService:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._camera_errors: dict[str, str | None] = {}
+        self.health = health
+        self.health_check_s = health_check_s
+        self.rejections = Rejections(self.data_dir / "rejected.json")
+        self.lock = DataDirLock(self.data_dir)
+        self.rollbacks = 0
+        self._probation: _Probation | None = None
+        self._start_events: list[tuple[str, str, dict[str, Any]]] = []
 
     # --- state ------------------------------------------------------------------
 
@@ -205,10 +243,19 @@ class AgentService:
         """Start everything (see the module docstring for the order).
 
         Raises:
+            DataDirLockedError: another agent runs on this data folder.
             ConfigError: the device is not enrolled or agent.json is invalid.
             ProfileError: no firmware profile fits.
             CameraError: a camera cannot be opened.
         """
+        self.lock.acquire()
+        try:
+            self._start()
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _start(self) -> None:
         if self.config is None:
             from agent.config import AgentConfig
 
@@ -221,6 +268,8 @@ class AgentService:
             from agent.updater import Updater
 
             self.updater = Updater(self.config, self.profile)
+        if self.health is None:
+            self.health = HealthBudget(latency_p95_ms=self.profile.latency_p95_ms)
         self.outbox = Outbox(self.data_dir, self.device_id)
         runtime, load_error = self._load_current()
         self.cameras = [
@@ -251,6 +300,9 @@ class AgentService:
         self.link.start()
         if load_error is not None:
             self._event("load_failed", load_error)
+        for event, message, fields in self._start_events:
+            self._event(event, message, **fields)
+        self._start_events.clear()
         self._stop.clear()
         for name, target in (("reconciler", self._reconcile_loop), ("reporter", self._report_loop)):
             thread = threading.Thread(target=target, name=name, daemon=True)
@@ -283,6 +335,7 @@ class AgentService:
         close = getattr(self.updater, "close", None)
         if close is not None:
             close()
+        self.lock.release()
         logger.info("agent stopped")
 
     def run_forever(self) -> None:
@@ -321,10 +374,50 @@ class AgentService:
         else:
             bundle, path, variant = current.bundle, current.path, getattr(current, "variant", None)
         try:
-            return _load_runtime(bundle, Path(path), self.profile, variant), None
+            runtime = _load_runtime(bundle, Path(path), self.profile, variant)
         except AgentError as e:
             logger.error("installed model %s %s does not load: %s", bundle.name, bundle.version, e)
             return None, f"installed model {bundle.name} {bundle.version} does not load: {e}"
+        try:
+            runtime.smoke_test()
+        except SmokeTestError as e:
+            # The slot passed at install and no longer does (disk, runtime upgrade):
+            # go back to the model before it, if there is one that still passes.
+            key = (bundle.name, bundle.version)
+            logger.error("installed model %s %s fails its smoke test: %s", *key, e)
+            back = self._rollback_runtime()
+            if isinstance(back, str):
+                return None, f"installed model {key[0]} {key[1]} fails its smoke test: {e}"
+            slot, runtime = back
+            self.rejections.add(key, "smoke_test", self._desired_seq)
+            self.rollbacks += 1
+            self._start_events.append(
+                (
+                    "rolled_back",
+                    f"{key[0]} {key[1]} rolled back to {slot.model} {slot.version} at start: {e}",
+                    {
+                        "model": key[0],
+                        "version": key[1],
+                        "reason": "smoke_test",
+                        "stage": "start",
+                        "to_model": slot.model,
+                        "to_version": slot.version,
+                    },
+                )
+            )
+        return runtime, None
+
+    def _rollback_runtime(self) -> tuple[Any, ModelRuntime] | str:
+        """Switch the slots back and load the previous model; a message on failure."""
+        assert self.updater is not None
+        try:
+            slot = self.updater.rollback()
+            runtime = self.updater.load(slot)
+            runtime.smoke_test()
+        except (AgentError, OSError) as e:
+            logger.error("cannot roll back: %s", e)
+            return str(e)
+        return slot, runtime
 
     def _on_desired(self, body: Mapping[str, Any]) -> None:
         # paho's thread: hand over and return.
@@ -336,6 +429,7 @@ class AgentService:
             self._desired_seq = seq
             if desired[0] is not None and desired[1] is not None:
                 self.backoff.clear((desired[0], desired[1]))
+                self.rejections.clear_if_newer((desired[0], desired[1]), seq)
         self._desired = desired
         self._desired_gen += 1
         self._kick.set()
@@ -371,8 +465,12 @@ class AgentService:
                 # A hint that arrived while the poll was in flight is newer: keep it.
                 if polled is not None and gen == self._desired_gen:
                     self._desired = polled
+            self.check_health()
             self.reconcile()
-            self._kick.wait(max(0.0, next_poll - time.monotonic()))
+            wait = next_poll - time.monotonic()
+            if self._probation is not None:
+                wait = min(wait, self.health_check_s)
+            self._kick.wait(max(0.0, wait))
             self._kick.clear()
 
     def reconcile(self) -> None:
@@ -386,6 +484,8 @@ class AgentService:
         key = (desired[0], desired[1])
         if key == self.installed or self._stop.is_set():
             return
+        if key in self.rejections:
+            return  # rolled back here; only a newer hint brings it back
         now = time.monotonic()
         if not self.backoff.allowed(key, now):
             return
@@ -412,6 +512,10 @@ class AgentService:
                 failures=self.backoff.failures(key),
                 retry_in_s=delay,
             )
+            if isinstance(e, SmokeTestError) and self.installed is not None:
+                # The staged model never ran: the running one stays, which is the
+                # rollback; the version waits for a newer hint like any rolled back.
+                self._reject(key, Verdict("smoke_test", str(e)), stage="install")
             return
         except AgentError as e:
             delay = self.backoff.failed(key, time.monotonic())
@@ -426,7 +530,11 @@ class AgentService:
                 retry_in_s=delay,
             )
             return
+        before = self.pipeline.since_swap()
         swap_ms = self.pipeline.swap(result.runtime)
+        self._probation = _Probation(
+            key, time.monotonic(), before.p95() if before.model is not None else None
+        )
         self.installs += 1
         smoke = getattr(result, "smoke_max_diff", None)
         self._event(
@@ -440,6 +548,97 @@ class AgentService:
         )
         assert self.link is not None
         self.link.publish_status()
+
+    # --- health and rollback ------------------------------------------------------
+
+    def check_health(self) -> None:
+        """Judge the model on probation; roll it back when it breaks its budget.
+
+        Runs on the reconciler thread (installs and rollbacks never overlap);
+        public so that a test can drive it.
+        """
+        probation = self._probation
+        if probation is None or self.pipeline is None or self.health is None:
+            return
+        stats = self.pipeline.since_swap()
+        if (stats.model, stats.version) != probation.key:
+            self._probation = None
+            return
+        verdict = judge(stats, self.health, probation.baseline_p95)
+        if verdict is None:
+            elapsed = time.monotonic() - probation.started
+            if elapsed >= self.health.window_s or stats.tried >= self.health.max_frames:
+                logger.info(
+                    "%s %s passed its probation: %d frames, %d errors, %d NaN",
+                    *probation.key,
+                    stats.frames,
+                    stats.errors,
+                    stats.nonfinite,
+                )
+                self._probation = None
+            return
+        self._probation = None
+        logger.error("%s %s breaks its health budget: %s", *probation.key, verdict.message)
+        back = self._rollback_runtime()
+        if isinstance(back, str):
+            self._reject(probation.key, verdict, stage="probation", stats=stats)
+            self._event(
+                "rollback_failed",
+                f"{probation.key[0]} {probation.key[1]} should be rolled back "
+                f"({verdict.message}) but cannot be: {back}",
+                model=probation.key[0],
+                version=probation.key[1],
+                reason=verdict.reason,
+            )
+            return
+        slot, runtime = back
+        assert self.pipeline is not None
+        swap_ms = self.pipeline.swap(runtime)
+        self._reject(probation.key, verdict, stage="probation", stats=stats, swap_ms=swap_ms)
+        assert self.link is not None
+        self.link.publish_status()
+
+    def _reject(
+        self,
+        key: tuple[str, str],
+        verdict: Verdict,
+        stage: str,
+        stats: RunStats | None = None,
+        swap_ms: float | None = None,
+    ) -> None:
+        """Remember ``key`` as rolled back and report it (unless the rollback failed)."""
+        try:
+            self.rejections.add(key, verdict.reason, self._desired_seq)
+        except OSError as e:
+            logger.error("cannot persist the rejection of %s %s: %s", *key, e)
+        installed = self.installed
+        if installed is None or installed == key:
+            return  # nothing to roll back to: the caller reports rollback_failed
+        self.rollbacks += 1
+        fields: dict[str, Any] = {
+            "model": key[0],
+            "version": key[1],
+            "reason": verdict.reason,
+            "stage": stage,
+            "to_model": installed[0],
+            "to_version": installed[1],
+        }
+        if stats is not None:
+            p95 = stats.p95()
+            fields |= {
+                "frames": stats.frames,
+                "errors": stats.errors,
+                "nonfinite": stats.nonfinite,
+                "latency_p95_ms": None if p95 is None else round(p95, 3),
+            }
+        if swap_ms is not None:
+            fields["swap_ms"] = round(swap_ms, 3)
+        self._event(
+            "rolled_back",
+            f"{key[0]} {key[1]} rolled back to {installed[0]} {installed[1]} "
+            f"({verdict.reason}): {verdict.message}; it is installed again only on a new rollout",
+            **fields,
+        )
 
     # --- reporting ------------------------------------------------------------------
 

@@ -24,6 +24,11 @@ caps every metadata length, and the model file has a size cap. ``install``
 blocks; the service runs it in a worker thread and swaps the returned,
 already smoke-tested runtime into the pipeline.
 
+Model files download resumably (``agent.fetcher``): a file whose connection
+drops continues from where it stopped, in the same install or the next one,
+even after a restart, from ``{data_dir}/downloads/``. After a successful
+install the partial files left there (versions given up on) are removed.
+
 Errors are the agent's ``UpdateError`` family, each with a ``reason``; the
 mapping of third-party errors is ``_ERROR_MAP`` below.
 """
@@ -194,10 +199,17 @@ class Updater:
         self._fetcher: FetcherInterface = fetcher or HttpxFetcher(
             config.device_token,
             auth_urls=(config.registry_url, config.metadata_url, config.targets_url),
+            resume_dir=config.downloads_dir,
+            resume_urls=(config.targets_url,),
         )
         self.slots = slots or Slots(config.data_dir)
         self.slots.recover()
         self._lock = threading.Lock()
+
+    @property
+    def fetcher(self) -> FetcherInterface:
+        """The network seam TUF downloads through."""
+        return self._fetcher
 
     def close(self) -> None:
         """Close the fetcher if this updater made it."""
@@ -290,6 +302,9 @@ class Updater:
                 if mapped is e:
                     raise
                 raise mapped from e
+        if isinstance(self._fetcher, HttpxFetcher):
+            # Partial downloads of versions given up on are of no use any more.
+            self._fetcher.discard_partials()
         logger.info(
             "installed %s %s (%s) in %.1f s; smoke max diff %.3g",
             model,

@@ -160,7 +160,7 @@ def test_parse_camera(uri: str, kind: type, fps: float | None, loop: bool) -> No
 
 @pytest.mark.parametrize(
     "uri",
-    ["rtsp://cam/stream", "folder:", "folder:/x?fps=fast", "folder:/x?colour=red"],
+    ["ftp://cam/stream", "folder:", "folder:/x?fps=fast", "folder:/x?colour=red"],
     ids=["unknown-scheme", "no-path", "bad-fps", "unknown-param"],
 )
 def test_parse_camera_refuses_bad_uris(uri: str) -> None:

@@ -14,7 +14,11 @@ golden outputs are computed with ONNX Runtime.
 
 from __future__ import annotations
 
+import hashlib
+import re
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -75,6 +79,15 @@ class TufRepo:
         self.requests: list[tuple[str, str | None]] = []
         #: when set, requests without ``Bearer <token>`` get 401.
         self.required_token: str | None = None
+        #: URL path -> body bytes after which the next responses for it drop the
+        #: connection (one entry per response, consumed in order).
+        self.cuts: dict[str, list[int]] = {}
+        #: (bytes, seconds): send model files (``.onnx``) in pieces of this size with this pause.
+        self.throttle: tuple[int, float] | None = None
+        #: (path, Range header, If-Range header, status) of every request, in order.
+        self.ranges: list[tuple[str, str | None, str | None, int]] = []
+        #: URL path -> body bytes sent for it, over all responses.
+        self.sent: dict[str, int] = {}
         self._sign_root()
         self.targets.signed.version = 0
         self.snapshot.signed.version = 0
@@ -150,20 +163,66 @@ class _Handler(BaseHTTPRequestHandler):
         if body is None:
             self.send_error(404)
             return
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
+        # Range and If-Range as the registry serves targets: a strong ETag of the
+        # SHA-256, one "bytes=N-" range, 416 past the end.
+        etag = f'"{hashlib.sha256(body).hexdigest()}"'
+        wanted = self.headers.get("Range")
+        if_range = self.headers.get("If-Range")
+        start, status = 0, 200
+        match = re.fullmatch(r"bytes=(\d+)-", wanted or "")
+        if match and (if_range is None or if_range == etag):
+            start, status = int(match.group(1)), 206
+        self.repo.ranges.append(
+            (self.path, wanted, if_range, 416 if start >= len(body) and status == 206 else status)
+        )
+        if status == 206 and start >= len(body):
+            self.send_response(416)
+            self.send_header("Content-Range", f"bytes */{len(body)}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body) - start))
+        self.send_header("ETag", etag)
+        self.send_header("Accept-Ranges", "bytes")
+        if status == 206:
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
         self.end_headers()
-        self.wfile.write(body)
+        payload = body[start:]
+        cuts = self.repo.cuts.get(self.path)
+        if cuts:
+            payload = payload[: cuts.pop(0)]
+            self.close_connection = True
+        piece, pause = self.repo.throttle or (len(payload) or 1, 0.0)
+        if not self.path.endswith(".onnx"):
+            piece, pause = len(payload) or 1, 0.0
+        for i in range(0, len(payload), piece):
+            self.wfile.write(payload[i : i + piece])
+            self.wfile.flush()
+            self.repo.sent[self.path] = self.repo.sent.get(self.path, 0) + len(
+                payload[i : i + piece]
+            )
+            if pause:
+                time.sleep(pause)
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
+
+
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that hangs up mid-body (a killed agent) is what some tests do.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 @contextmanager
 def serve_repo(repo: TufRepo) -> Iterator[str]:
     """Serve ``repo`` on 127.0.0.1; yield the base URL (``http://127.0.0.1:PORT``)."""
     handler = type("Handler", (_Handler,), {"repo": repo})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = _QuietServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:

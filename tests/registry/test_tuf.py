@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import timedelta
 from pathlib import Path
@@ -95,3 +96,63 @@ def test_refresher_resigns_snapshot_and_timestamp_before_expiry(registry: Any) -
     snapshot = json.loads(tuf.metadata("snapshot"))["signed"]
     assert snapshot["version"] == 2
     assert json.loads(tuf.metadata("timestamp"))["signed"]["meta"]["snapshot.json"]["version"] == 2
+
+
+_RANGE_CASES = [
+    # (id, request headers, status, body slice or None, Content-Range)
+    ("whole", {}, 200, slice(None), None),
+    ("from-offset", {"Range": "bytes=100-"}, 206, slice(100, None), "bytes 100-1199/1200"),
+    ("closed", {"Range": "bytes=10-19"}, 206, slice(10, 20), "bytes 10-19/1200"),
+    (
+        "past-end-clipped",
+        {"Range": "bytes=1190-5000"},
+        206,
+        slice(1190, None),
+        "bytes 1190-1199/1200",
+    ),
+    ("suffix", {"Range": "bytes=-200"}, 206, slice(1000, None), "bytes 1000-1199/1200"),
+    ("unsatisfiable", {"Range": "bytes=1200-"}, 416, None, "bytes */1200"),
+    ("multi-ignored", {"Range": "bytes=0-1,5-6"}, 200, slice(None), None),
+    ("garbage-ignored", {"Range": "pages=1-2"}, 200, slice(None), None),
+    (
+        "if-range-match",
+        {"Range": "bytes=100-", "If-Range": "ETAG"},
+        206,
+        slice(100, None),
+        "bytes 100-1199/1200",
+    ),
+    ("if-range-stale", {"Range": "bytes=100-", "If-Range": '"0000"'}, 200, slice(None), None),
+    ("if-none-match", {"If-None-Match": "ETAG"}, 304, None, None),
+    ("if-none-match-other", {"If-None-Match": '"0000"'}, 200, slice(None), None),
+]
+
+
+@pytest.mark.parametrize(
+    ("headers", "status", "part", "content_range"),
+    [case[1:] for case in _RANGE_CASES],
+    ids=[case[0] for case in _RANGE_CASES],
+)
+def test_targets_are_served_with_ranges_and_a_strong_etag(
+    registry: Any,
+    headers: dict[str, str],
+    status: int,
+    part: slice | None,
+    content_range: str | None,
+) -> None:
+    payload = bytes(range(256)) * 4 + b"x" * 176  # 1200 bytes
+    bundle, files = registry.make_bundle(files={"model.onnx": payload})
+    assert registry.push(bundle, files).status_code == 201
+    digest = hashlib.sha256(payload).hexdigest()
+    url = f"/tuf/targets/models/animals/1.0.0/{digest}.model.onnx"
+    etag = f'"{digest}"'
+    sent = {k: v.replace("ETAG", etag) for k, v in headers.items()}
+    response = registry.anon.get(url, headers=sent)
+    assert response.status_code == status
+    assert response.headers["ETag"] == etag
+    assert response.headers.get("Content-Range") == content_range
+    if part is not None:
+        assert response.content == payload[part]
+        assert response.headers["Content-Length"] == str(len(payload[part]))
+        assert response.headers["Accept-Ranges"] == "bytes"
+    else:
+        assert response.content == b""

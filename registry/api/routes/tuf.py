@@ -5,14 +5,28 @@ SHA-256 in their consistent-snapshot name (``.../{sha256}.{file}``) straight
 from the blob store, as they are on disk: the agent's TUF client checks
 length and hash and refuses a tampered blob. Per-device access control is a
 later issue.
+
+Targets are streamed from the blob file and resumable (RFC 9110):
+
+- ``ETag`` is the strong validator ``"<sha256>"`` (the content's name);
+  ``If-None-Match`` naming it (or ``*``) answers 304;
+- one ``Range: bytes=N-M`` / ``bytes=N-`` / ``bytes=-S`` answers 206 with
+  ``Content-Range``; a range that starts past the end answers 416 with
+  ``Content-Range: bytes */<length>``; several ranges, or a malformed one, are
+  ignored and the whole file is sent (200), as the RFC allows;
+- ``If-Range`` that is not the ETag (a date, or another ETag) sends the
+  whole file (200): the agent then starts its partial file over.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated
 
-from fastapi import APIRouter
-from fastapi.responses import FileResponse, Response
+from fastapi import APIRouter, Header
+from fastapi.responses import Response, StreamingResponse
 
 from registry.api.deps import ContextDep
 from registry.errors import NotFoundError
@@ -24,6 +38,8 @@ router = APIRouter(prefix="/tuf", tags=["tuf"])
 _VERSIONED = re.compile(r"^([1-9][0-9]{0,9})\.(root|targets|snapshot)\.json$")
 _UNVERSIONED = re.compile(r"^(root|timestamp)\.json$")
 _HASHED = re.compile(r"^([0-9a-f]{64})\.[A-Za-z0-9._-]+$")
+_RANGE = re.compile(r"^bytes=([0-9]{0,19})-([0-9]{0,19})$")
+_CHUNK = 1 << 20
 
 
 @router.get("/metadata/{name}")
@@ -43,9 +59,61 @@ def metadata(name: str, context: ContextDep) -> Response:
     return Response(data, media_type="application/json", headers={"Cache-Control": "no-cache"})
 
 
+def _parse_range(header: str, length: int) -> tuple[int, int] | None:
+    """(first, last) byte of a single ``bytes=`` range, clipped to ``length``.
+
+    Returns:
+        The range, or ``None`` when the header is not one well-formed range
+        (then the whole file is served).
+
+    Raises:
+        RangeNotSatisfiableError: the range starts at or past the end.
+    """
+    match = _RANGE.match(header.strip())
+    if match is None:
+        return None
+    first, last = match.group(1), match.group(2)
+    if first == "":
+        if last == "":
+            return None
+        suffix = int(last)
+        if suffix == 0:
+            raise _RangeNotSatisfiableError
+        return max(0, length - suffix), length - 1
+    start = int(first)
+    end = length - 1 if last == "" else min(int(last), length - 1)
+    if last != "" and int(last) < start:
+        return None  # syntactically invalid: ignore it
+    if start >= length:
+        raise _RangeNotSatisfiableError
+    return start, end
+
+
+class _RangeNotSatisfiableError(Exception):
+    """The requested range lies outside the file."""
+
+
+def _stream(path: Path, start: int, end: int) -> Iterator[bytes]:
+    with path.open("rb") as handle:
+        handle.seek(start)
+        left = end - start + 1
+        while left > 0:
+            chunk = handle.read(min(_CHUNK, left))
+            if not chunk:
+                return  # the blob shrank under us: the client sees a short body
+            left -= len(chunk)
+            yield chunk
+
+
 @router.get("/targets/{path:path}")
-def target(path: str, context: ContextDep) -> FileResponse:
-    """A target by its consistent-snapshot name ``.../{sha256}.{file}``.
+def target(
+    path: str,
+    context: ContextDep,
+    range_: Annotated[str | None, Header(alias="Range")] = None,
+    if_range: Annotated[str | None, Header(alias="If-Range")] = None,
+    if_none_match: Annotated[str | None, Header(alias="If-None-Match")] = None,
+) -> Response:
+    """A target by its consistent-snapshot name ``.../{sha256}.{file}``, resumable.
 
     Raises:
         NotFoundError: the name has no digest prefix, or no such blob is stored.
@@ -53,4 +121,32 @@ def target(path: str, context: ContextDep) -> FileResponse:
     match = _HASHED.match(path.rsplit("/", 1)[-1])
     if match is None or not context.blobs.exists(match.group(1)):
         raise NotFoundError(f"no target {path!r}; targets are named .../<sha256>.<file>")
-    return FileResponse(context.blobs.path(match.group(1)), media_type="application/octet-stream")
+    digest = match.group(1)
+    blob = context.blobs.path(digest)
+    length = blob.stat().st_size
+    etag = f'"{digest}"'
+    headers = {"ETag": etag, "Accept-Ranges": "bytes", "Cache-Control": "public, immutable"}
+    if if_none_match is not None and (
+        if_none_match.strip() == "*" or etag in (t.strip() for t in if_none_match.split(","))
+    ):
+        return Response(status_code=304, headers=headers)
+    wanted: tuple[int, int] | None = None
+    if range_ is not None and (if_range is None or if_range.strip() == etag):
+        try:
+            wanted = _parse_range(range_, length)
+        except _RangeNotSatisfiableError:
+            return Response(
+                status_code=416, headers={**headers, "Content-Range": f"bytes */{length}"}
+            )
+    if wanted is None:
+        start, end, status = 0, length - 1, 200
+    else:
+        (start, end), status = wanted, 206
+        headers["Content-Range"] = f"bytes {start}-{end}/{length}"
+    headers["Content-Length"] = str(end - start + 1)
+    return StreamingResponse(
+        _stream(blob, start, end),
+        status_code=status,
+        media_type="application/octet-stream",
+        headers=headers,
+    )
