@@ -64,6 +64,7 @@ from agent.mqtt import AgentLink
 from agent.outbox import Outbox
 from agent.pipeline import Pipeline
 from agent.runtime import ModelRuntime
+from agent.systemd import Notifier
 from agent.telemetry import Nvml, sample_telemetry
 from corral.bundle import Bundle
 from corral.profiles import FirmwareProfile
@@ -351,14 +352,25 @@ class AgentService:
             done.set()
 
         previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        # Under systemd (Type=notify): ready once started, and the watchdog is fed
+        # only while the agent's threads live, so a hung agent gets restarted.
+        systemd = Notifier()
         try:
             self.start()
+            systemd.notify("READY=1")
+            systemd.start_watchdog(self.healthy)
             while not done.wait(1.0):
                 pass
         finally:
+            systemd.stop()
             self.stop()
             for s, handler in previous.items():
                 signal.signal(s, handler)
+
+    def healthy(self) -> bool:
+        """Whether the pipeline and every worker thread are alive."""
+        threads_alive = all(thread.is_alive() for thread in self._threads)
+        return threads_alive and (self.pipeline is None or self.pipeline.running)
 
     # --- model --------------------------------------------------------------------
 

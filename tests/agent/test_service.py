@@ -255,6 +255,7 @@ def test_desired_hint_installs_swaps_reports_and_a_bad_version_is_not_retried(
     try:
         assert wait_for(lambda: watcher.of("status", state="online"))
         assert watcher.of("status")[0].body["version"] is None
+        assert service.healthy(), "what feeds the systemd watchdog"
         assert wait_for(lambda: watcher.of("telemetry"))
         publish_retained(
             topic(device_id, "desired"),
@@ -301,6 +302,7 @@ def test_desired_hint_installs_swaps_reports_and_a_bad_version_is_not_retried(
         )
     finally:
         service.stop()
+    assert not service.healthy()
     assert wait_for(lambda: watcher.of("status", state="offline"))
     watcher.close()
     seqs = sorted(m.seq for m in watcher.messages)
