@@ -111,3 +111,29 @@ def status(data_dir: DataDir) -> None:
     else:
         typer.echo(f"model:   {current.bundle.name} {current.bundle.version} ({current.variant})")
         typer.echo(f"slot:    {current.path}")
+
+
+def _install_script() -> Path:
+    checkout = Path(__file__).resolve().parents[1] / "scripts" / "install-agent.sh"
+    if checkout.is_file():
+        return checkout
+    return Path(sys.prefix) / "share" / "corral" / "install-agent.sh"
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def install(ctx: typer.Context) -> None:
+    """Install this computer as an agent (venv, enrolment, systemd unit); see --help.
+
+    The same as scripts/install-agent.sh, with the same options: --registry URL
+    --token TOKEN [--device-id ID] [--camera URI ...] [--prefix DIR]; --uninstall [--purge].
+    """
+    import subprocess
+
+    script = _install_script()
+    if not script.is_file():
+        raise _fail(f"install script not found at {script}; reinstall corral")
+    code = subprocess.call(["bash", str(script), *ctx.args])
+    raise typer.Exit(code)

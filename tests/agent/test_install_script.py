@@ -135,3 +135,15 @@ def test_the_unit_in_deploy_is_the_one_the_script_installs() -> None:
     script = SCRIPT.read_text()
     embedded = script.split("<<'UNIT' >\"$UNIT\"\n", 1)[1].split("\nUNIT\n", 1)[0]
     assert embedded == UNIT.read_text().rstrip("\n")
+
+
+def test_corral_agent_install_is_the_same_script(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "corral.cli", "agent", "install", "--token", "t"],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "--registry URL is required" in result.stderr
