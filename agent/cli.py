@@ -74,6 +74,10 @@ def run(
         typer.Option(help="Camera URI: folder:/path?fps=20 or file:/path/video.mp4; repeatable."),
     ],
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+    api_port: Annotated[
+        int | None,
+        typer.Option(help="Serve the local API (healthz, status, predict, feedback) here."),
+    ] = None,
 ) -> None:
     """Run the agent until SIGTERM or Ctrl-C: infer on the cameras, report, install updates."""
     logging.basicConfig(
@@ -85,7 +89,7 @@ def run(
     from corral.errors import CorralError
 
     try:
-        AgentService(data_dir, camera).run_forever()
+        AgentService(data_dir, camera, api_port=api_port).run_forever()
     except CorralError as e:
         raise _fail(str(e)) from e
 

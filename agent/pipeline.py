@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +47,8 @@ __all__ = ["HIST_BINS", "Pipeline", "SwapRecord", "Window"]
 logger = logging.getLogger(__name__)
 
 #: Bins of the confidence histogram, over [0, 1].
+#: How many recent unlabelled frames accept late ground truth through feedback().
+RECENT_FRAMES = 4096
 HIST_BINS = 10
 _WAIT_S = 0.1
 
@@ -89,6 +92,18 @@ class Window:
         self.true_pos = np.zeros(k, dtype=np.int64)
         self.predicted = np.zeros(k, dtype=np.int64)
         self.support = np.zeros(k, dtype=np.int64)
+
+    def count_label(self, label: str, prediction: int) -> None:
+        """Count one frame whose ground truth is ``label`` and prediction ``prediction``."""
+        self.labelled += 1
+        self.predicted[prediction] += 1
+        truth = self.index.get(label)
+        if truth is None:
+            self.unknown_labels += 1
+            return
+        self.support[truth] += 1
+        if truth == prediction:
+            self.true_pos[truth] += 1
 
     def bodies(
         self, queue_depth: int, now: float | None = None
@@ -195,6 +210,9 @@ class Pipeline:
             # Every camera wakes the one pipeline thread.
             camera.slot.signal = self.signal
         self.frames_total = 0
+        # Recent unlabelled frames' predictions, so ground truth that arrives later
+        # (POST /feedback on the local API) can still count into accuracy.
+        self._recent: OrderedDict[str, tuple[str | None, int]] = OrderedDict()
         self.errors_total = 0
         self.swaps: list[SwapRecord] = []
         self._runtime = runtime
@@ -293,6 +311,32 @@ class Pipeline:
         logger.info("swapped model %s → %s in %.3f ms", record.old, record.new, record.swap_ms)
 
     # --- windows ----------------------------------------------------------------
+
+    def _remember(self, frame_id: str, version: str | None, prediction: int) -> None:
+        # Called under the lock from process().
+        self._recent[frame_id] = (version, prediction)
+        if len(self._recent) > RECENT_FRAMES:
+            self._recent.popitem(last=False)
+
+    def feedback(self, frame_id: str, label: str) -> bool:
+        """Count ground truth for a recent frame (``camera:index``) into the current window.
+
+        Returns:
+            False when the frame is unknown, too old, already labelled, or was
+            predicted by a model other than the one running now.
+        """
+        with self._lock:
+            entry = self._recent.pop(frame_id, None)
+            if entry is None or entry[0] != self._window.version:
+                return False
+            self._window.count_label(label, entry[1])
+            return True
+
+    def recent(self, limit: int = 50) -> list[tuple[str, str | None, int]]:
+        """The newest unlabelled frames still open for feedback: (frame id, version, class)."""
+        with self._lock:
+            items = list(self._recent.items())[-limit:]
+        return [(frame_id, version, prediction) for frame_id, (version, prediction) in items]
 
     def take_window(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """Close the current window and start a new one.
@@ -435,7 +479,6 @@ class Pipeline:
                 window.errors += bad
                 self.errors_total += bad
                 since.nonfinite += bad
-            index = window.index
             for i in range(n):
                 if not finite[i]:
                     continue
@@ -443,18 +486,11 @@ class Pipeline:
                 latency_ms = (done - frame.captured) * 1000.0
                 window.latencies.append(latency_ms)
                 since.add_latency(latency_ms)
+                prediction = int(predictions[i])
                 if frame.label is None:
-                    continue
-                window.labelled += 1
-                truth = index.get(frame.label)
-                pred = int(predictions[i])
-                window.predicted[pred] += 1
-                if truth is None:
-                    window.unknown_labels += 1
-                    continue
-                window.support[truth] += 1
-                if truth == pred:
-                    window.true_pos[truth] += 1
+                    self._remember(f"{frame.camera_id}:{frame.index}", window.version, prediction)
+                else:
+                    window.count_label(frame.label, prediction)
             good = predictions[finite]
             np.add.at(window.class_counts, good, 1)
             bins = np.minimum((confidence[finite] * HIST_BINS).astype(np.int64), HIST_BINS - 1)

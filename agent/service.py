@@ -56,6 +56,7 @@ from typing import Any, Protocol
 import httpx
 
 import corral
+from agent.api import LocalApi
 from agent.camera import Camera, parse_camera
 from agent.errors import AgentError, SmokeTestError, UpdateError
 from agent.health import HealthBudget, Rejections, RunStats, Verdict, judge
@@ -170,6 +171,8 @@ class AgentService:
         health: the new model's health budget; None uses the defaults with the
             profile's latency budget.
         health_check_s: how often a model on probation is judged.
+        api_port: serve the local HTTP API (agent.api) on 127.0.0.1 at this port
+            (0: any free port); None: no local API.
     """
 
     def __init__(
@@ -185,6 +188,7 @@ class AgentService:
         nvml: Nvml | None = None,
         health: HealthBudget | None = None,
         health_check_s: float = 0.25,
+        api_port: int | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.camera_uris = list(cameras)
@@ -194,6 +198,8 @@ class AgentService:
         self._poll_desired = poll_desired
         self.backoff = InstallBackoff(base_s=retry_backoff_s)
         self._nvml = nvml
+        self._api_port = api_port
+        self.api: LocalApi | None = None
         self.cameras: list[Camera] = []
         self.pipeline: Pipeline | None = None
         self.link: AgentLink | None = None
@@ -288,6 +294,9 @@ class AgentService:
             raise
         self.pipeline = Pipeline(self.cameras, runtime, batch_size=self.profile.batch_size)
         self.pipeline.start()
+        if self._api_port is not None:
+            self.api = LocalApi(self, port=self._api_port)
+            self.api.start()
         self.link = AgentLink(
             self.device_id,
             self.config.mqtt_host,
@@ -321,6 +330,8 @@ class AgentService:
         """Stop cleanly: last windows out, ``offline`` status acknowledged (bounded), all closed."""
         self._stop.set()
         self._kick.set()
+        if self.api is not None:
+            self.api.stop()
         for thread in self._threads:
             thread.join(timeout)
         self._threads.clear()

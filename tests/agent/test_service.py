@@ -218,7 +218,13 @@ def registry() -> Iterator[Registry]:
 
 
 def make_service(
-    tmp_path: Path, device_id: str, registry: Registry, updater: FakeUpdater, poll_s: float = 60.0
+    tmp_path: Path,
+    device_id: str,
+    registry: Registry,
+    updater: FakeUpdater,
+    poll_s: float = 60.0,
+    cameras: list[str] | None = None,
+    **options: Any,
 ) -> AgentService:
     config = AgentConfig(
         data_dir=tmp_path / "agent",
@@ -238,10 +244,11 @@ def make_service(
     images = make_images(tmp_path / "imgs")
     return AgentService(
         config.data_dir,
-        [f"folder:{images}?fps=100", f"folder:{images}?fps=100&seed=7"],
+        cameras or [f"folder:{images}?fps=100", f"folder:{images}?fps=100&seed=7"],
         config=config,
         profile=profile,
         updater=updater,
+        **options,
     )
 
 
