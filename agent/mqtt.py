@@ -78,6 +78,7 @@ class AgentLink:
         password: broker password (the device token).
         keepalive: MQTT keepalive in seconds; the will fires about 1.5 x this after a loss.
         max_inflight: the most unacknowledged messages at once.
+        reconnect_delay_s: the first and the longest wait between reconnect attempts.
     """
 
     def __init__(
@@ -92,6 +93,7 @@ class AgentLink:
         password: str | None = None,
         keepalive: int = 30,
         max_inflight: int = 16,
+        reconnect_delay_s: tuple[int, int] = (1, 30),
     ) -> None:
         self.device_id = device_id
         self.host = host
@@ -114,7 +116,7 @@ class AgentLink:
         if username is not None:
             self._client.username_pw_set(username, password)
         self._client.max_inflight_messages_set(max(max_inflight, 1))
-        self._client.reconnect_delay_set(1, 30)
+        self._client.reconnect_delay_set(*reconnect_delay_s)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_publish = self._on_publish
@@ -238,9 +240,19 @@ class AgentLink:
         self.stats.disconnects += 1
         if self._stopping.is_set():
             return
-        if was:
-            logger.warning("lost the broker (%s); retrying, messages wait in the outbox", reason)
-        # The broker fires the old will; the next connection needs a will of its own.
+        if not was:
+            # A failed attempt: the will was never registered, so its seq stays unused.
+            return
+        logger.warning("lost the broker (%s); retrying, messages wait in the outbox", reason)
+        # The broker may or may not have fired the old will (a broker that shuts down
+        # does not). Sending it ourselves with the same seq fills its place either
+        # way: the registry stores by (device_id, seq), so a second copy is harmless,
+        # and it goes out before the "online" of the next connection.
+        if self._will_seq is not None:
+            self.outbox.put(
+                "status", {**self.status_body(), "state": "offline"}, seq=self._will_seq
+            )
+        # The next connection needs a will of its own.
         self._set_will()
 
     def _on_publish(

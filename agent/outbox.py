@@ -47,7 +47,16 @@ CREATE TABLE IF NOT EXISTS outbox (
     sent INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS outbox_unsent ON outbox (sent, seq);
+CREATE TABLE IF NOT EXISTS shed (
+    id INTEGER PRIMARY KEY CHECK (id = 0),
+    dropped INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO shed (id, dropped) VALUES (0, 0);
 """
+#: Kinds that may be shed when the outbox is over its disk budget, first halved
+#: (downsampled), then dropped oldest first. Everything else is never dropped.
+_SHEDDABLE = ("telemetry",)
+DEFAULT_BUDGET_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -66,12 +75,22 @@ class Outbox:
         data_dir: where ``outbox.db`` lives (created if missing).
         device_id: the device whose payloads this outbox numbers.
         keep_sent: how many sent rows to keep before pruning the oldest.
+        budget_bytes: the most bytes of unsent payloads to keep. Over it, unsent
+            telemetry is thinned to every other message, then dropped oldest first,
+            and the drops are counted (:attr:`dropped`); status, events, inference
+            and accuracy are never dropped, even over the budget.
 
     Raises:
         sqlite3.Error: the database cannot be opened or is not an outbox.
     """
 
-    def __init__(self, data_dir: Path, device_id: str, keep_sent: int = 1000) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        device_id: str,
+        keep_sent: int = 1000,
+        budget_bytes: int = DEFAULT_BUDGET_BYTES,
+    ) -> None:
         self.path = Path(data_dir) / OUTBOX_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.device_id = device_id
@@ -83,6 +102,11 @@ class Outbox:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
         self._since_prune = 0
+        self.budget_bytes = budget_bytes
+        (pending,) = self._db.execute(
+            "SELECT COALESCE(SUM(length(payload)), 0) FROM outbox WHERE sent = 0"
+        ).fetchone()
+        self._pending_bytes = int(pending)
 
     def close(self) -> None:
         """Close the database; unsent rows stay for the next start."""
@@ -135,11 +159,60 @@ class Outbox:
                     "INSERT OR REPLACE INTO outbox (seq, kind, payload, sent) VALUES (?, ?, ?, 0)",
                     (seq, kind, payload),
                 )
+                self._pending_bytes += len(payload)
+                if self._pending_bytes > self.budget_bytes:
+                    self._shed()
             except BaseException:
                 self._db.execute("ROLLBACK")
+                self._pending_bytes = self._count_pending_bytes()
                 raise
             self._db.execute("COMMIT")
         return seq
+
+    def _count_pending_bytes(self) -> int:
+        (pending,) = self._db.execute(
+            "SELECT COALESCE(SUM(length(payload)), 0) FROM outbox WHERE sent = 0"
+        ).fetchone()
+        return int(pending)
+
+    def _shed(self) -> None:
+        # Inside put's transaction. First every other unsent sheddable message
+        # (keeping the newest), then the oldest ones, until under the budget.
+        marks = ",".join("?" * len(_SHEDDABLE))
+        rows = self._db.execute(
+            f"SELECT seq, length(payload) FROM outbox WHERE sent = 0 AND kind IN ({marks}) "
+            "ORDER BY seq",
+            _SHEDDABLE,
+        ).fetchall()
+        halved = set(rows[-2::-2])  # every other one, the newest kept
+        order = sorted(halved) + [r for r in rows if r not in halved]
+        dropped: list[int] = []
+        for seq, size in order:
+            if self._pending_bytes <= self.budget_bytes:
+                break
+            dropped.append(seq)
+            self._pending_bytes -= int(size)
+        if dropped:
+            self._db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in dropped])
+            self._db.execute("UPDATE shed SET dropped = dropped + ? WHERE id = 0", (len(dropped),))
+            logger.warning(
+                "outbox over its %d-byte budget: dropped %d unsent telemetry message(s)",
+                self.budget_bytes,
+                len(dropped),
+            )
+
+    @property
+    def dropped(self) -> int:
+        """Messages shed to keep within the budget, over the outbox's whole life."""
+        with self._lock:
+            (n,) = self._db.execute("SELECT dropped FROM shed WHERE id = 0").fetchone()
+        return int(n)
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes of unsent payloads."""
+        with self._lock:
+            return self._pending_bytes
 
     def pending(self, limit: int = 100, after: int = -1) -> list[OutboxRow]:
         """Unsent messages in seq order.
@@ -171,6 +244,11 @@ class Outbox:
     def mark_sent(self, seq: int) -> None:
         """Record that the broker acknowledged ``seq``; prune old sent rows now and then."""
         with self._lock:
+            row = self._db.execute(
+                "SELECT length(payload) FROM outbox WHERE seq = ? AND sent = 0", (seq,)
+            ).fetchone()
+            if row is not None:
+                self._pending_bytes -= int(row[0])
             self._db.execute("UPDATE outbox SET sent = 1 WHERE seq = ?", (seq,))
             self._since_prune += 1
             if self._since_prune >= max(1, self.keep_sent // 10):

@@ -684,6 +684,13 @@ class AgentService:
             {"id": c.camera_id, "captured": c.captured, "drops": c.drops, "error": c.error}
             for c in self.cameras
         ]
+        if self.outbox is not None:
+            # Deliberately shed telemetry leaves seq gaps; this says how many were ours.
+            body["outbox"] = {
+                "pending": self.outbox.count_pending(),
+                "pending_bytes": self.outbox.pending_bytes,
+                "dropped": self.outbox.dropped,
+            }
         self.link.publish("telemetry", body)
 
     def _check_cameras(self) -> None:

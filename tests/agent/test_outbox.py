@@ -86,3 +86,41 @@ def test_payloads_carry_the_device_and_seq(tmp_path: Path) -> None:
     data = json.loads(box.pending()[0].payload)
     assert (data["device_id"], data["seq"], data["schema"]) == ("dev-7", seq, "corral.events/1")
     box.close()
+
+
+def _telemetry(i: int) -> dict[str, object]:
+    return {"cpu_percent": float(i), "memory_percent": 1.0, "disk_percent": 1.0, "gpus": []}
+
+
+def test_over_its_budget_the_outbox_sheds_old_telemetry_and_nothing_else(tmp_path: Path) -> None:
+    probe = Outbox(tmp_path / "probe", "dev-1")
+    probe.put("telemetry", _telemetry(0))
+    size = probe.pending_bytes
+    probe.close()
+    outbox = Outbox(tmp_path, "dev-1", budget_bytes=size * 12)
+    events = []
+    for i in range(40):
+        outbox.put("telemetry", _telemetry(i))
+        if i % 10 == 0:
+            events.append(outbox.put("events", {"event": "camera_lost", "message": f"{i}"}))
+    pending = outbox.pending(limit=1000)
+    kept_events = [r.seq for r in pending if r.kind == "events"]
+    telemetry = [r.seq for r in pending if r.kind == "telemetry"]
+    assert kept_events == events, "events are never dropped"
+    assert outbox.pending_bytes <= size * 12
+    assert outbox.dropped == 40 - len(telemetry) > 0
+    assert telemetry[-1] == max(r.seq for r in pending if r.kind == "telemetry")
+    assert max(telemetry) == max(s for s in range(outbox.next_seq()) if s not in events)
+    outbox.close()
+    again = Outbox(tmp_path, "dev-1", budget_bytes=size * 12)
+    assert again.dropped == 40 - len(telemetry), "the count survives a restart"
+    assert again.pending_bytes == sum(len(r.payload) for r in again.pending(limit=1000))
+    again.close()
+
+
+def test_precious_messages_stay_even_over_the_budget(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path, "dev-1", budget_bytes=100)
+    for i in range(5):
+        outbox.put("events", {"event": "installed", "message": f"{i}"})
+    assert outbox.count_pending() == 5 and outbox.dropped == 0
+    outbox.close()
