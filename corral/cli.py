@@ -3,8 +3,9 @@
 Role commands come from the role packages and are mounted only when that role
 is installed (``corral train`` from trainer, ``corral registry`` from registry,
 ``corral agent`` from agent), so a park computer with only the agent extra has a
-working CLI. The client commands here (``devices``, ``token``, ``model``,
-``rollout``) talk to the registry's HTTP API and need nothing heavy.
+working CLI. The client commands here (``devices``, ``device``, ``token``,
+``api-token``, ``model``, ``alias``, ``rollout``, ``audit``) talk to the
+registry's HTTP API and need nothing heavy.
 """
 
 from __future__ import annotations
@@ -29,18 +30,22 @@ app = typer.Typer(no_args_is_help=True, help="Train, sign, roll out and watch im
 model_app = typer.Typer(no_args_is_help=True, help="Model versions in the registry.")
 rollout_app = typer.Typer(no_args_is_help=True, help="Move devices to a model version.")
 token_app = typer.Typer(no_args_is_help=True, help="One-time enrolment tokens for new devices.")
+api_token_app = typer.Typer(no_args_is_help=True, help="API tokens with a role, for people and CI.")
+alias_app = typer.Typer(no_args_is_help=True, help="Model aliases: production, staging, champion.")
+device_app = typer.Typer(no_args_is_help=True, help="Manage one device.")
 app.add_typer(model_app, name="model")
 app.add_typer(rollout_app, name="rollout")
 app.add_typer(token_app, name="token")
+app.add_typer(api_token_app, name="api-token")
+app.add_typer(alias_app, name="alias")
+app.add_typer(device_app, name="device")
 
 console = Console()
 
 Registry = Annotated[
     str | None, typer.Option("--registry", envvar="CORRAL_REGISTRY", help="Registry URL.")
 ]
-Token = Annotated[
-    str | None, typer.Option("--token", envvar="CORRAL_TOKEN", help="API token (admin).")
-]
+Token = Annotated[str | None, typer.Option("--token", envvar="CORRAL_TOKEN", help="API token.")]
 Watch = Annotated[bool, typer.Option(help="Follow until every device reports the version.")]
 WatchTimeout = Annotated[float, typer.Option(help="Seconds to follow with --watch.")]
 
@@ -124,6 +129,140 @@ def token_create(
     except CorralError as e:
         raise _fail(e) from e
     console.print(created["token"], soft_wrap=True, highlight=False)
+
+
+@api_token_app.command("create")
+def api_token_create(
+    role: Annotated[str, typer.Option(help="viewer, operator or admin.")],
+    name: Annotated[str, typer.Option(help="Who uses it; the audit log shows this name.")],
+    registry: Registry = None,
+    token: Token = None,
+) -> None:
+    """Create a named API token with a role and print it (it is shown only this once)."""
+    try:
+        with RegistryClient(registry, token) as client:
+            created = client.create_api_token(name, role)
+    except CorralError as e:
+        raise _fail(e) from e
+    console.print(created["token"], soft_wrap=True, highlight=False)
+
+
+@api_token_app.command("list")
+def api_token_list(registry: Registry = None, token: Token = None) -> None:
+    """List API tokens (names, roles, who made them, revocation); never the secrets."""
+    try:
+        with RegistryClient(registry, token) as client:
+            tokens = client.api_tokens()
+    except CorralError as e:
+        raise _fail(e) from e
+    table = Table(title="API tokens")
+    for column in ("name", "role", "created", "by", "revoked"):
+        table.add_column(column)
+    for t in tokens:
+        table.add_row(
+            t["name"], t["role"], t["created_at"], t["created_by"], _fmt(t.get("revoked_at"))
+        )
+    console.print(table)
+
+
+@api_token_app.command("revoke")
+def api_token_revoke(
+    name: Annotated[str, typer.Argument(help="The token's name.")],
+    registry: Registry = None,
+    token: Token = None,
+) -> None:
+    """Revoke an API token at once."""
+    try:
+        with RegistryClient(registry, token) as client:
+            client.revoke_api_token(name)
+    except CorralError as e:
+        raise _fail(e) from e
+    console.print(f"revoked API token {name}")
+
+
+@device_app.command("revoke")
+def device_revoke(
+    device_id: Annotated[str, typer.Argument(help="The device id.")],
+    reason: Annotated[str, typer.Option(help="Why; kept in the audit log.")] = "",
+    registry: Registry = None,
+    token: Token = None,
+) -> None:
+    """Revoke a device: its token stops working and its MQTT messages are dropped."""
+    try:
+        with RegistryClient(registry, token) as client:
+            client.revoke_device(device_id, reason)
+    except CorralError as e:
+        raise _fail(e) from e
+    console.print(f"revoked device {device_id}")
+
+
+@app.command()
+def audit(
+    limit: Annotated[int, typer.Option(help="How many entries, newest first.")] = 50,
+    actor: Annotated[str | None, typer.Option(help="Only this actor.")] = None,
+    action: Annotated[
+        str | None, typer.Option(help="Only this action, e.g. rollout.create.")
+    ] = None,
+    registry: Registry = None,
+    token: Token = None,
+) -> None:
+    """Show the audit log: who changed what, when."""
+    filters = {k: v for k, v in (("actor", actor), ("action", action)) if v is not None}
+    try:
+        with RegistryClient(registry, token) as client:
+            entries = client.audit(limit, **filters)
+    except CorralError as e:
+        raise _fail(e) from e
+    table = Table(title="Audit log")
+    for column in ("at", "actor", "action", "target"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("details")
+    for entry in entries:
+        shown = entry["details"].items()
+        details = ", ".join(f"{k}={v}" for k, v in shown if v not in (None, []))
+        table.add_row(entry["at"], entry["actor"], entry["action"], entry["target"], details)
+    console.print(table)
+
+
+@alias_app.command("set")
+def alias_set(
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    alias: Annotated[str, typer.Argument(help="production, staging or champion.")],
+    version: Annotated[str, typer.Argument(help="The version it points to from now.")],
+    reason: Annotated[str, typer.Option(help="Why; kept in the alias history.")],
+    registry: Registry = None,
+    token: Token = None,
+) -> None:
+    """Point a model's alias at a version."""
+    try:
+        with RegistryClient(registry, token) as client:
+            client.move_alias(model, alias, version, reason)
+    except CorralError as e:
+        raise _fail(e) from e
+    console.print(f"{model} {alias} → {version}")
+
+
+@alias_app.command("history")
+def alias_history(
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    alias: Annotated[str, typer.Argument(help="production, staging or champion.")],
+    registry: Registry = None,
+    token: Token = None,
+) -> None:
+    """Every move of a model's alias, newest first: who, when, from, to, why."""
+    try:
+        with RegistryClient(registry, token) as client:
+            moves = client.alias_history(model, alias)
+    except CorralError as e:
+        raise _fail(e) from e
+    table = Table(title=f"{model} {alias}")
+    for column in ("when", "who", "from", "to", "why"):
+        table.add_column(column)
+    for m in moves:
+        table.add_row(
+            m["moved_at"], m["moved_by"], _fmt(m["from_version"]), m["to_version"], m["reason"]
+        )
+    console.print(table)
 
 
 @model_app.command("push")

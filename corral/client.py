@@ -133,3 +133,55 @@ class RegistryClient:
     def rollout(self, rollout_id: int | str) -> dict[str, Any]:
         """One rollout with each device's desired and reported version."""
         return dict(self._call("GET", f"/api/v1/rollouts/{rollout_id}"))
+
+    def create_api_token(self, name: str, role: str) -> dict[str, Any]:
+        """A named API token with ``role`` (viewer, operator, admin); its secret is shown once.
+
+        Raises:
+            ApiError: not an admin (403), the name is taken (409), or bad input (422).
+        """
+        return dict(self._call("POST", "/api/v1/tokens", json={"name": name, "role": role}))
+
+    def api_tokens(self) -> list[dict[str, Any]]:
+        """Every API token, revoked ones too, without secrets."""
+        return list(self._call("GET", "/api/v1/tokens"))
+
+    def revoke_api_token(self, name: str) -> dict[str, Any]:
+        """Revoke an API token by name.
+
+        Raises:
+            ApiError: not an admin (403), no such token (404), already revoked (409).
+        """
+        return dict(self._call("POST", f"/api/v1/tokens/{name}/revoke"))
+
+    def revoke_device(self, device_id: str, reason: str = "") -> dict[str, Any]:
+        """Revoke a device: its token stops working and its MQTT messages are dropped.
+
+        Raises:
+            ApiError: not an admin (403), no such device (404), already revoked (409).
+        """
+        return dict(
+            self._call("POST", f"/api/v1/devices/{device_id}/revoke", json={"reason": reason})
+        )
+
+    def audit(self, limit: int = 100, **filters: str) -> list[dict[str, Any]]:
+        """The newest audit entries; ``filters`` may name ``actor``, ``action``, ``target``.
+
+        Raises:
+            ApiError: not an admin (403).
+        """
+        params: dict[str, Any] = {"limit": limit, **filters}
+        return list(self._call("GET", "/api/v1/audit", params=params))
+
+    def move_alias(self, model: str, alias: str, version: str, reason: str) -> dict[str, Any]:
+        """Point ``alias`` of ``model`` at ``version``, saying why.
+
+        Raises:
+            ApiError: not an operator (403), no such version (404), bad alias (422).
+        """
+        body = {"version": version, "reason": reason}
+        return dict(self._call("PUT", f"/api/v1/models/{model}/aliases/{alias}", json=body))
+
+    def alias_history(self, model: str, alias: str) -> list[dict[str, Any]]:
+        """Every move of an alias, newest first."""
+        return list(self._call("GET", f"/api/v1/models/{model}/aliases/{alias}/history"))

@@ -13,7 +13,17 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from registry.api.errors import install_error_handlers
-from registry.api.routes import console, devices, enrol, models, rollouts, tuf
+from registry.api.routes import (
+    aliases,
+    audit,
+    console,
+    devices,
+    enrol,
+    models,
+    rollouts,
+    tokens,
+    tuf,
+)
 from registry.core.config import Settings
 from registry.core.context import RegistryContext
 
@@ -51,6 +61,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def healthz() -> dict[str, bool]:
         return {"ok": True}
 
-    for module in (enrol, devices, models, rollouts, tuf, console):
+    # aliases before models: /models/{name}/aliases must not match /models/{name}/{version}.
+    routers = (enrol, devices, aliases, models, rollouts, tokens, audit, tuf, console)
+    for module in routers:
         app.include_router(module.router)
     return app

@@ -65,7 +65,8 @@ def serve(
         raise typer.Exit(2) from e
     token = fastapi_app.state.registry.admin_token
     base = settings.public_url.rstrip("/")
-    console.print(f"console:     {base}/?token={token}", soft_wrap=True, highlight=False)
+    # In the fragment: browsers do not send it, so it never reaches an access log.
+    console.print(f"console:     {base}/#token={token}", soft_wrap=True, highlight=False)
     if settings.admin_token is None:
         console.print(f"admin token: {settings.admin_token_path}", highlight=False)
     console.print(f"MQTT:        {mqtt_host}:{mqtt_port}", highlight=False)

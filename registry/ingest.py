@@ -6,9 +6,15 @@ then acknowledges the batch. For each message, in order:
 
 1. ``parse_topic``; a ``desired`` message (our own) is skipped;
 2. ``corral.payloads.decode``; the payload's device id must be the topic's;
-3. the device must be enrolled;
-4. ``(device_id, seq)`` already stored → a redelivery, ignored;
-5. store the message and fold it into the device summary (see ``_apply``).
+3. the device must be enrolled and not revoked; its row is locked
+   (``SELECT ... FOR UPDATE`` on PostgreSQL) so that two registries ingesting
+   for one device fold their messages into its summary one after the other;
+4. insert the message with ``ON CONFLICT (device_id, seq) DO NOTHING``: no row
+   inserted means a redelivery, ignored. The database decides, so two
+   workers racing on one redelivery cannot both store it, and neither aborts
+   its transaction on a unique violation (which on PostgreSQL would throw
+   away the whole batch);
+5. fold the message into the device summary (see ``_apply``).
 
 A message that fails 1-3 is logged, counted and dropped (and acknowledged, so
 the broker does not send it again); it never stops the worker. A batch whose
@@ -30,7 +36,8 @@ from collections import Counter
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Insert
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -145,27 +152,25 @@ class Ingest:
             return e.counter
         if payload is None:
             return "skipped"
-        device = session.get(Device, payload.device_id)
+        device = session.get(Device, payload.device_id, with_for_update=True)
         if device is None:
             logger.warning("dropped message from unenrolled device %s", payload.device_id)
             return "dropped_unknown_device"
-        duplicate = session.scalar(
-            select(Message.id).where(
-                Message.device_id == payload.device_id, Message.seq == payload.seq
-            )
-        )
-        if duplicate is not None:
+        if device.revoked_at is not None:
+            logger.warning("dropped message from revoked device %s", payload.device_id)
+            return "dropped_revoked"
+        row = {
+            "device_id": payload.device_id,
+            "seq": payload.seq,
+            "kind": payload.kind,
+            "ts": payload.ts,
+            "received_at": utcnow(),
+            "payload": payload.to_dict(),
+        }
+        # RETURNING, not rowcount: psycopg reports -1 for an ORM-session insert.
+        inserted = session.scalar(_insert_new(session, row).returning(Message.id))
+        if inserted is None:
             return "duplicates"
-        session.add(
-            Message(
-                device_id=payload.device_id,
-                seq=payload.seq,
-                kind=payload.kind,
-                ts=payload.ts,
-                received_at=utcnow(),
-                payload=payload.to_dict(),
-            )
-        )
         _apply(session, device, payload)
         # Flush so a redelivery later in the same batch sees this row.
         session.flush()
@@ -189,6 +194,24 @@ class Ingest:
                 "dropped_bad_payload",
             )
         return payload
+
+
+def _insert_new(session: Session, row: dict[str, Any]) -> Insert:
+    """``INSERT ... ON CONFLICT (device_id, seq) DO NOTHING`` in the session's dialect."""
+    name = session.get_bind().dialect.name
+    if name == "postgresql":
+        return (
+            postgresql.insert(Message)
+            .values(row)
+            .on_conflict_do_nothing(index_elements=["device_id", "seq"])
+        )
+    if name == "sqlite":
+        return (
+            sqlite.insert(Message)
+            .values(row)
+            .on_conflict_do_nothing(index_elements=["device_id", "seq"])
+        )
+    raise NotImplementedError(f"ingest supports SQLite and PostgreSQL, not {name}")
 
 
 def _parse_ts(ts: str) -> datetime | None:

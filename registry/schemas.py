@@ -2,17 +2,36 @@
 
 from __future__ import annotations
 
-from typing import Any
+from enum import StrEnum
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+)
 
 from corral.errors import PayloadError
 from corral.topics import check_device_id
+from registry.core.security import Role
 
 __all__ = [
+    "Alias",
+    "AliasMoveOut",
+    "AliasMoveRequest",
+    "AliasOut",
+    "ApiTokenCreated",
+    "ApiTokenOut",
+    "ApiTokenRequest",
+    "AuditEntryOut",
     "Desired",
     "DeviceDetail",
+    "DeviceRevokeRequest",
     "DeviceSummary",
+    "DeviceUpdate",
     "EnrolRequest",
     "EnrolResponse",
     "EnrolmentTokenRequest",
@@ -32,10 +51,29 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+#: A site, group or tag: short, printable, no surrounding blanks.
+Label = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128, pattern=r"^\S.*$")
+]
+Tag = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64, pattern=r"^\S+$")
+]
+
+#: Tags of a device: a set, kept sorted.
+Tags = Annotated[list[Tag], Field(max_length=32), AfterValidator(lambda t: sorted(set(t)))]
+
+
 class EnrolmentTokenRequest(_Strict):
-    """Body of ``POST /api/v1/enrolment-tokens``; ttl_s None means the configured default."""
+    """Body of ``POST /api/v1/enrolment-tokens``.
+
+    ``ttl_s`` None means the configured default; ``site``, ``group`` and ``tags``
+    are the scope the device enrolled with the token starts with.
+    """
 
     ttl_s: int | None = Field(default=None, gt=0, le=30 * 24 * 3600)
+    site: Label | None = None
+    group: Label | None = None
+    tags: Tags = Field(default_factory=list)
 
 
 class EnrolmentTokenResponse(BaseModel):
@@ -103,6 +141,11 @@ class DeviceSummary(BaseModel):
     memory_percent: float | None
     gpu_temp_c: float | None
     last_seen: str | None
+    site: str | None = None
+    group: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    #: When the device was revoked (its token refused, its messages dropped), or null.
+    revoked_at: str | None = None
 
 
 class EventOut(BaseModel):
@@ -185,3 +228,92 @@ class RolloutOut(BaseModel):
     version: str
     created_at: str
     devices: list[RolloutDeviceOut]
+
+
+class DeviceUpdate(_Strict):
+    """Body of ``PATCH /api/v1/devices/{id}``: fields left out stay; null clears site or group."""
+
+    site: Label | None = None
+    group: Label | None = None
+    tags: Tags | None = None
+
+
+class DeviceRevokeRequest(_Strict):
+    """Body of ``POST /api/v1/devices/{id}/revoke``."""
+
+    reason: str = Field(default="", max_length=500)
+
+
+#: An API token's name: what the audit log shows for everything done with it.
+TokenName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
+
+
+class ApiTokenRequest(_Strict):
+    """Body of ``POST /api/v1/tokens``."""
+
+    name: TokenName
+    role: Role
+
+
+class ApiTokenOut(BaseModel):
+    """An API token, without its secret."""
+
+    name: str
+    role: Role
+    created_at: str
+    created_by: str
+    revoked_at: str | None
+
+
+class ApiTokenCreated(ApiTokenOut):
+    """A new API token; ``token`` is shown this once and stored only as a hash."""
+
+    token: str
+
+
+class AuditEntryOut(BaseModel):
+    """One audit log row."""
+
+    id: int
+    at: str
+    actor: str
+    action: str
+    target: str
+    details: dict[str, Any]
+
+
+class Alias(StrEnum):
+    """The aliases a model may have."""
+
+    PRODUCTION = "production"
+    STAGING = "staging"
+    CHAMPION = "champion"
+
+
+class AliasMoveRequest(_Strict):
+    """Body of ``PUT /api/v1/models/{name}/aliases/{alias}``."""
+
+    version: str = Field(min_length=1, max_length=64)
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+class AliasOut(BaseModel):
+    """Where an alias points now."""
+
+    model: str
+    alias: Alias
+    version: str
+    moved_at: str
+    moved_by: str
+
+
+class AliasMoveOut(BaseModel):
+    """One move of an alias."""
+
+    model: str
+    alias: Alias
+    from_version: str | None
+    to_version: str
+    moved_at: str
+    moved_by: str
+    reason: str

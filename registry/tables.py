@@ -5,12 +5,19 @@
     devices ─┬─< messages          every agent payload, unique on (device_id, seq)
              ├─< events            the events kind, for the console and audits
              └─< rollout_devices >─ rollouts
-    enrolment_tokens               sha256 of one-time tokens, never the tokens
+    enrolment_tokens               sha256 of one-time tokens, never the tokens, and the
+                                   site/group/tags a device enrolled with one gets
     model_versions ─< model_files  immutable (name, version) with their files
+    model_aliases                  production/staging/champion → a version, per model
+    alias_moves                    every move of an alias: who, when, from, to, why
+    api_tokens                     named people/CI tokens with a role (sha256 only)
+    audit_log                      every state change: who, what, target, when, details
     tuf_metadata                   every signed version of every TUF role
 
-Secrets (enrolment and device tokens) are stored as SHA-256 hex digests: a
-leaked database does not let anyone enrol or act as a device.
+Secrets (enrolment, device and API tokens) are stored as SHA-256 hex digests:
+a leaked database does not let anyone enrol, act as a device or call the API.
+The schema is Alembic's (``registry/migrations``); a change here needs a new
+revision there, and ``tests/registry/test_migrations.py`` fails until it has one.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from sqlalchemy import (
     ForeignKey,
     Integer,
     LargeBinary,
+    MetaData,
     String,
     Text,
     UniqueConstraint,
@@ -32,11 +40,15 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 __all__ = [
+    "AliasMove",
+    "ApiToken",
+    "AuditEntry",
     "Base",
     "Device",
     "EnrolmentToken",
     "Event",
     "Message",
+    "ModelAlias",
     "ModelFile",
     "ModelVersion",
     "Rollout",
@@ -48,10 +60,25 @@ __all__ = [
 class Base(DeclarativeBase):
     """Declarative base of every registry table."""
 
+    # Named constraints, so migrations can refer to them on every database.
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(column_0_label)s",
+            "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
     type_annotation_map: ClassVar[dict[Any, Any]] = {
         dict[str, Any]: JSON,
         datetime: DateTime(timezone=True),
+        list[str]: JSON,
     }
+
+
+def _tags() -> Mapped[list[str]]:
+    # The server default fills rows that existed before the column (migration 0002).
+    return mapped_column(default=list, server_default="[]")
 
 
 class Device(Base):
@@ -88,6 +115,12 @@ class Device(Base):
     memory_percent: Mapped[float | None] = mapped_column(Float)
     gpu_temp_c: Mapped[float | None] = mapped_column(Float)
     last_seen: Mapped[datetime | None]
+    # Where it is and how it is grouped: from the enrolment token, editable later.
+    site: Mapped[str | None] = mapped_column(String(128))
+    group: Mapped[str | None] = mapped_column("device_group", String(128))
+    tags: Mapped[list[str]] = _tags()
+    # A revoked device's token is refused and its MQTT messages are dropped.
+    revoked_at: Mapped[datetime | None]
 
     @property
     def accuracy(self) -> float | None:
@@ -106,6 +139,10 @@ class EnrolmentToken(Base):
     expires: Mapped[datetime]
     used_at: Mapped[datetime | None]
     device_id: Mapped[str | None] = mapped_column(String(63))
+    # The scope a device enrolled with this token starts with.
+    site: Mapped[str | None] = mapped_column(String(128))
+    group: Mapped[str | None] = mapped_column("device_group", String(128))
+    tags: Mapped[list[str]] = _tags()
 
 
 class ModelVersion(Base):
@@ -210,3 +247,63 @@ class TufMetadata(Base):
     version: Mapped[int]
     expires: Mapped[datetime]
     data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class ModelAlias(Base):
+    """Where an alias (production, staging, champion) of a model points now."""
+
+    __tablename__ = "model_aliases"
+    __table_args__ = (UniqueConstraint("model", "alias"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model: Mapped[str] = mapped_column(String(63))
+    alias: Mapped[str] = mapped_column(String(16))
+    version: Mapped[str] = mapped_column(String(64))
+    moved_at: Mapped[datetime]
+    moved_by: Mapped[str] = mapped_column(String(80))
+
+
+class AliasMove(Base):
+    """One move of an alias; the history is never rewritten."""
+
+    __tablename__ = "alias_moves"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model: Mapped[str] = mapped_column(String(63), index=True)
+    alias: Mapped[str] = mapped_column(String(16))
+    from_version: Mapped[str | None] = mapped_column(String(64))
+    to_version: Mapped[str] = mapped_column(String(64))
+    moved_at: Mapped[datetime]
+    moved_by: Mapped[str] = mapped_column(String(80))
+    reason: Mapped[str] = mapped_column(Text)
+
+
+class ApiToken(Base):
+    """A named API token with a role (its SHA-256 only); revoked tokens are kept."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime]
+    created_by: Mapped[str] = mapped_column(String(80))
+    revoked_at: Mapped[datetime | None]
+
+
+class AuditEntry(Base):
+    """One state change: who (a token name or ``device:<id>``), what, on what, when.
+
+    ``details`` never holds a secret: token values are shown once to their
+    creator and stored nowhere else.
+    """
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime]
+    actor: Mapped[str] = mapped_column(String(80), index=True)
+    action: Mapped[str] = mapped_column(String(40), index=True)
+    target: Mapped[str] = mapped_column(String(200))
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)

@@ -3,12 +3,16 @@
 The flow, one module per step::
 
     source.py   Animal-MNIST's data files, read with a restricted unpickler
-    data.py     -> content-hashed, versioned Dataset (train/test by hash)
+    data.py     -> content-hashed, versioned Dataset (train/validation/test by hash)
+    ingest.py   image folders and CSV/JSONL manifests -> Dataset, bad files reported
     model.py    AnimalNet, a small configurable CNN
     train.py    TrainConfig -> train_model() -> TrainResult (model + test Evaluation)
     metrics.py  accuracy, per-class precision/recall/F1, confusion, drift baseline
     lineage.py  dataset version, code commit, hyperparameters, library versions
+    quantize.py optional INT8 variant (ONNX Runtime static quantization), checked
     export.py   ONNX export, ONNX Runtime parity check, bundle directory
+    report.py   report.json, report.md and pictures beside the bundle
+    search.py   grid/random hyperparameter search, chosen on the validation split
     cli.py      ``corral train``
 
 The public names below load lazily (PEP 562): ``from trainer.cli import train``
@@ -27,7 +31,9 @@ if _TYPE_CHECKING:
         Dataset,
         Sample,
         build_dataset,
+        check_labels,
         content_hash,
+        fit_image,
         load_dataset,
         parse_classes,
         preprocess,
@@ -38,6 +44,7 @@ if _TYPE_CHECKING:
         DatasetError,
         ExportError,
         ParityError,
+        QuantizationError,
         TrainConfigError,
         TrainerError,
         UnsafePickleError,
@@ -50,15 +57,21 @@ if _TYPE_CHECKING:
         export_onnx,
         write_bundle,
     )
+    from trainer.ingest import IngestReport, ingest_images, list_sources, load_image
     from trainer.lineage import code_version, lineage_for
     from trainer.metrics import (
         ClassMetrics,
         Evaluation,
         drift_baseline,
         evaluate_predictions,
+        expected_calibration_error,
+        reliability,
         softmax,
     )
     from trainer.model import AnimalNet
+    from trainer.quantize import Int8Report, quantize_int8
+    from trainer.report import write_report
+    from trainer.search import SearchResult, Trial, run_search
     from trainer.source import ANIMAL_CLASSES, load_animal_mnist, restricted_loads
     from trainer.train import (
         EpochStats,
@@ -75,7 +88,9 @@ _WHERE = {
         "Dataset",
         "Sample",
         "build_dataset",
+        "check_labels",
         "content_hash",
+        "fit_image",
         "load_dataset",
         "parse_classes",
         "preprocess",
@@ -86,6 +101,7 @@ _WHERE = {
         "DatasetError",
         "ExportError",
         "ParityError",
+        "QuantizationError",
         "TrainConfigError",
         "TrainerError",
         "UnsafePickleError",
@@ -98,9 +114,21 @@ _WHERE = {
         "export_onnx",
         "write_bundle",
     ),
+    "ingest": ("IngestReport", "ingest_images", "list_sources", "load_image"),
     "lineage": ("code_version", "lineage_for"),
-    "metrics": ("ClassMetrics", "Evaluation", "drift_baseline", "evaluate_predictions", "softmax"),
+    "metrics": (
+        "ClassMetrics",
+        "Evaluation",
+        "drift_baseline",
+        "evaluate_predictions",
+        "expected_calibration_error",
+        "reliability",
+        "softmax",
+    ),
     "model": ("AnimalNet",),
+    "quantize": ("Int8Report", "quantize_int8"),
+    "report": ("write_report",),
+    "search": ("SearchResult", "Trial", "run_search"),
     "source": ("ANIMAL_CLASSES", "load_animal_mnist", "restricted_loads"),
     "train": (
         "EpochStats",
@@ -124,15 +152,21 @@ __all__ = [
     "Evaluation",
     "ExportError",
     "ExportReport",
+    "IngestReport",
+    "Int8Report",
     "ParityError",
+    "QuantizationError",
     "Sample",
+    "SearchResult",
     "TrainConfig",
     "TrainConfigError",
     "TrainResult",
     "TrainerError",
+    "Trial",
     "UnsafePickleError",
     "build_dataset",
     "check_bundle_identity",
+    "check_labels",
     "check_output_dir",
     "check_parity",
     "code_version",
@@ -140,19 +174,28 @@ __all__ = [
     "drift_baseline",
     "evaluate",
     "evaluate_predictions",
+    "expected_calibration_error",
     "export_onnx",
+    "fit_image",
+    "ingest_images",
     "lineage_for",
+    "list_sources",
     "load_animal_mnist",
     "load_dataset",
+    "load_image",
     "parse_classes",
     "predict_logits",
     "preprocess",
+    "quantize_int8",
+    "reliability",
     "restricted_loads",
+    "run_search",
     "softmax",
     "split_of",
     "train_model",
     "write_bundle",
     "write_image_folder",
+    "write_report",
 ]
 
 

@@ -6,7 +6,8 @@
     ├── DatasetError           the training data is missing, malformed or untrusted
     │   └── UnsafePickleError  a data file's pickle references a forbidden global
     └── ExportError            the trained model could not be written as a bundle
-        └── ParityError        ONNX Runtime and PyTorch disagree on the same inputs
+        ├── ParityError        ONNX Runtime and PyTorch disagree on the same inputs
+        └── QuantizationError  the INT8 variant loses too much accuracy
 
 ``TrainConfigError`` is the user's to fix (the CLI exits with code 2); the others
 mean the environment or the trainer itself is at fault.
@@ -20,6 +21,7 @@ __all__ = [
     "DatasetError",
     "ExportError",
     "ParityError",
+    "QuantizationError",
     "TrainConfigError",
     "TrainerError",
     "UnsafePickleError",
@@ -61,3 +63,20 @@ class ParityError(ExportError):
         )
         self.max_abs_diff = max_abs_diff
         self.tolerance = tolerance
+
+
+class QuantizationError(ExportError):
+    """The INT8 file loses more accuracy than allowed; ``--force-int8`` keeps it anyway.
+
+    Attributes:
+        delta_points: the accuracy lost, in percentage points.
+        limit_points: the most allowed.
+    """
+
+    def __init__(self, delta_points: float, limit_points: float) -> None:
+        super().__init__(
+            f"the INT8 model is {delta_points:.2f} points less accurate than fp32 on the test "
+            f"split, expected at most {limit_points:.2f}; ship fp32 only, or pass --force-int8"
+        )
+        self.delta_points = delta_points
+        self.limit_points = limit_points

@@ -15,6 +15,12 @@ The order of steps in :func:`write_bundle`, and why:
 5. Write ``bundle.json``, read it back with ``corral.Bundle.load`` and check the
    files with ``verify_files``: the contract package is the judge.
 6. Only then move the staging directory into place; on any failure it is removed.
+
+With ``int8=True``, step 4 is followed by :func:`trainer.quantize.quantize_int8`:
+a second file, ``model.int8.onnx`` with variant ``int8``, whose ``files`` entry
+carries its own expected outputs on the golden inputs (``golden``), since the
+bundle's golden outputs are the fp32 file's; ``lineage.golden_variant`` says so
+and ``lineage.int8`` holds the accuracy comparison.
 """
 
 from __future__ import annotations
@@ -38,17 +44,20 @@ from torch import nn
 import corral
 from corral.bundle import BUNDLE_FILE, Bundle, BundleFile, GoldenSample, InputSpec, OutputSpec
 from corral.errors import BundleError
-from trainer.data import IMAGE_SIZE, INPUT_SCALE, preprocess
+from trainer.data import COLORS, IMAGE_SIZE, INPUT_SCALE, preprocess
 from trainer.errors import ExportError, ParityError, TrainConfigError
 from trainer.lineage import lineage_for
 from trainer.metrics import drift_baseline
+from trainer.quantize import Int8Report, quantize_int8, run_logits
 from trainer.train import TrainResult, predict_logits
 
 __all__ = [
     "COMPATIBLE_PROFILES",
+    "INT8_FILE",
     "MODEL_FILE",
     "ONNX_OPSET",
     "PARITY_TOLERANCE",
+    "REPORT_DIR",
     "ExportReport",
     "check_bundle_identity",
     "check_output_dir",
@@ -59,6 +68,12 @@ __all__ = [
 
 ONNX_OPSET = 18
 MODEL_FILE = "model.onnx"
+INT8_FILE = "model.int8.onnx"
+# Logit units: quantized kernels differ between CPUs (VNNI or not) far more than fp32.
+INT8_GOLDEN_TOLERANCE = 0.05
+# Beside the bundle files but not one of them (bundle.json does not list it): the
+# evaluation report and the dataset manifest, for people, not for devices.
+REPORT_DIR = "report"
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 PARITY_TOLERANCE = 1e-4
@@ -77,17 +92,19 @@ class ExportReport:
     path: Path
     bundle: Bundle
     parity_max_abs_diff: float
+    int8: Int8Report | None = None
 
 
-def _input_spec() -> InputSpec:
+def _input_spec(color: str = "gray", size: int = IMAGE_SIZE) -> InputSpec:
     # Must say exactly what trainer.data.preprocess does.
+    channels = COLORS[color][1]
     return InputSpec(
         name=INPUT_NAME,
-        shape=[None, 1, IMAGE_SIZE, IMAGE_SIZE],
-        color="gray",
+        shape=[None, channels, size, size],
+        color=color,
         scale=INPUT_SCALE,
-        mean=[0.0],
-        std=[1.0],
+        mean=[0.0] * channels,
+        std=[1.0] * channels,
     )
 
 
@@ -116,9 +133,12 @@ def check_bundle_identity(name: str, version: str, labels: Sequence[str]) -> Non
 
 def _replaceable(out: Path) -> bool:
     # Only a directory that looks like an earlier bundle (plain files beside a
-    # bundle.json) is ever deleted, so a mistyped --out cannot remove a home directory.
+    # bundle.json, and its report folder) is ever deleted, so a mistyped --out cannot
+    # remove a home directory.
     entries = list(out.iterdir())
-    return (out / BUNDLE_FILE).is_file() and all(e.is_file() for e in entries)
+    return (out / BUNDLE_FILE).is_file() and all(
+        e.is_file() or (e.name == REPORT_DIR and e.is_dir()) for e in entries
+    )
 
 
 def check_output_dir(out: Path, overwrite: bool = False) -> None:
@@ -169,13 +189,19 @@ def _quiet_exporter() -> Iterator[None]:
         onnx_logger.setLevel(level)
 
 
-def export_onnx(model: nn.Module, path: Path, opset: int = ONNX_OPSET) -> None:
+def export_onnx(
+    model: nn.Module,
+    path: Path,
+    opset: int = ONNX_OPSET,
+    sample_shape: tuple[int, int, int] = (1, IMAGE_SIZE, IMAGE_SIZE),
+) -> None:
     """Export the model to a self-contained ONNX file with a dynamic batch axis.
 
     Args:
         model: the network; it is put in eval mode.
         path: the ``.onnx`` file to write.
         opset: the ONNX opset, 17 or later.
+        sample_shape: one input's (C, H, W).
 
     Raises:
         ExportError: the exporter failed, the result fails ``onnx.checker``, or it
@@ -184,7 +210,7 @@ def export_onnx(model: nn.Module, path: Path, opset: int = ONNX_OPSET) -> None:
     if opset < 17:
         raise ExportError(f"opset {opset} is too old; Corral agents expect 17 or later")
     model.eval()
-    example = torch.zeros(2, 1, IMAGE_SIZE, IMAGE_SIZE)
+    example = torch.zeros(2, *sample_shape)
     try:
         with _quiet_exporter(), torch.no_grad():
             torch.onnx.export(
@@ -245,7 +271,7 @@ def check_parity(
     Args:
         model: the PyTorch network the file was exported from.
         onnx_path: the exported model.
-        inputs: float32 (N, 1, 28, 28) preprocessed inputs.
+        inputs: float32 (N, C, H, W) preprocessed inputs.
         batch_sizes: the ONNX Runtime batch sizes to try, each over all inputs;
             include 1 and one above 1 to exercise the dynamic batch axis.
         tolerance: the largest absolute difference allowed.
@@ -281,35 +307,82 @@ def _pick_goldens(labels: np.ndarray, count: int) -> list[int]:
     return picked
 
 
-def _build(result: TrainResult, staging: Path, name: str, version: str) -> tuple[Bundle, float]:
+def _int8_file(
+    result: TrainResult,
+    staging: Path,
+    inputs: np.ndarray,
+    labels: np.ndarray,
+    golden_inputs: np.ndarray,
+    force: bool,
+) -> tuple[BundleFile, Int8Report]:
+    path = staging / INT8_FILE
+    train_images, _ = result.dataset.split("train")
+    report = quantize_int8(
+        staging / MODEL_FILE, path, preprocess(train_images), inputs, labels, force=force
+    )
+    expected = run_logits(path, golden_inputs)
+    sha256, length = corral.file_digest(path)
+    golden = {"tolerance": INT8_GOLDEN_TOLERANCE, "outputs": expected.tolist()}
+    entry = BundleFile(
+        name=INT8_FILE,
+        sha256=sha256,
+        length=length,
+        variant="int8",
+        unrecognized={"golden": golden},
+    )
+    return entry, report
+
+
+def _build(
+    result: TrainResult,
+    staging: Path,
+    name: str,
+    version: str,
+    int8: bool = False,
+    force_int8: bool = False,
+) -> tuple[Bundle, float, Int8Report | None]:
     model_path = staging / MODEL_FILE
-    export_onnx(result.model, model_path)
+    dataset = result.dataset
+    export_onnx(
+        result.model,
+        model_path,
+        sample_shape=(dataset.channels, dataset.image_size, dataset.image_size),
+    )
     images, labels = result.dataset.split("test")
     inputs = preprocess(images)
     parity = check_parity(result.model, model_path, inputs)
     logits = _run(_session(model_path), inputs, 64)
     classes = list(result.dataset.classes)
+    picked = _pick_goldens(labels, GOLDEN_COUNT)
     golden = [
         GoldenSample(
             input=inputs[i].reshape(-1).tolist(),
             output=logits[i].tolist(),
             label=classes[int(labels[i])],
         )
-        for i in _pick_goldens(labels, GOLDEN_COUNT)
+        for i in picked
     ]
     sha256, length = corral.file_digest(model_path)
+    files = [BundleFile(name=MODEL_FILE, sha256=sha256, length=length, variant="fp32")]
+    lineage = lineage_for(result)
+    lineage["golden_variant"] = "fp32"
+    int8_report = None
+    if int8:
+        entry, int8_report = _int8_file(result, staging, inputs, labels, inputs[picked], force_int8)
+        files.append(entry)
+        lineage["int8"] = int8_report.to_dict()
     bundle = Bundle(
         name=name,
         version=version,
         created=corral.utc_now(),
-        input=_input_spec(),
+        input=_input_spec(dataset.color, dataset.image_size),
         output=OutputSpec(name=OUTPUT_NAME, labels=classes, kind="logits"),
-        files=[BundleFile(name=MODEL_FILE, sha256=sha256, length=length, variant="fp32")],
+        files=files,
         golden=golden,
         golden_tolerance=GOLDEN_TOLERANCE,
         drift_baseline=drift_baseline(inputs, logits, classes, bins=HIST_BINS),
         metrics=result.evaluation.to_dict(),
-        lineage=lineage_for(result),
+        lineage=lineage,
         compatibility={
             "profiles": list(COMPATIBLE_PROFILES),
             "min_agent_version": MIN_AGENT_VERSION,
@@ -320,11 +393,17 @@ def _build(result: TrainResult, staging: Path, name: str, version: str) -> tuple
         handle.write(bundle.to_bytes())
         handle.flush()
         os.fsync(handle.fileno())
-    return bundle, parity
+    return bundle, parity, int8_report
 
 
 def write_bundle(
-    result: TrainResult, out: Path, name: str, version: str, overwrite: bool = False
+    result: TrainResult,
+    out: Path,
+    name: str,
+    version: str,
+    overwrite: bool = False,
+    int8: bool = False,
+    force_int8: bool = False,
 ) -> ExportReport:
     """Export the trained model and write the bundle directory ``out``.
 
@@ -334,6 +413,9 @@ def write_bundle(
         name: the model name (lowercase letters, digits, ``-``).
         version: the semantic version, e.g. ``1.0.0``.
         overwrite: replace an earlier bundle directory at ``out``.
+        int8: also write a statically quantized ``model.int8.onnx`` variant.
+        force_int8: keep the int8 variant even when it loses more than
+            :data:`trainer.quantize.MAX_ACCURACY_LOSS_POINTS` points.
 
     Returns:
         The bundle as read back from disk, its path and the parity figure.
@@ -342,6 +424,8 @@ def write_bundle(
         TrainConfigError: the name, version or output directory is refused; nothing
             was written.
         ParityError: ONNX Runtime and PyTorch disagree; nothing was written.
+        QuantizationError: the int8 variant loses too much accuracy; nothing was
+            written.
         ExportError: the export or the bundle check failed; nothing was written.
     """
     check_bundle_identity(name, version, result.dataset.classes)
@@ -350,7 +434,7 @@ def write_bundle(
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         staging.chmod(0o755)  # mkdtemp's 0700 would hide the bundle from other users
-        _, parity = _build(result, staging, name, version)
+        _, parity, int8_report = _build(result, staging, name, version, int8, force_int8)
         try:
             bundle = Bundle.load(staging)
             bundle.verify_files(staging)
@@ -362,4 +446,4 @@ def write_bundle(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return ExportReport(path=out, bundle=bundle, parity_max_abs_diff=parity)
+    return ExportReport(path=out, bundle=bundle, parity_max_abs_diff=parity, int8=int8_report)

@@ -66,13 +66,14 @@ def lineage_for(result: TrainResult) -> dict[str, Any]:
 
     Returns:
         ``dataset_version``, ``code_commit``, ``code_dirty``, ``hyperparameters``,
-        ``trainer_version`` and ``dependencies`` (torch, onnx, onnxruntime, numpy).
+        ``trainer_version`` and ``dependencies`` (torch, onnx, onnxruntime, numpy),
+        and ``search`` (every trial) when the run won a hyperparameter search.
 
     Raises:
         Nothing.
     """
     commit, dirty = code_version()
-    return {
+    lineage: dict[str, Any] = {
         "dataset_version": result.dataset.version,
         "code_commit": commit,
         "code_dirty": dirty,
@@ -85,3 +86,6 @@ def lineage_for(result: TrainResult) -> dict[str, Any]:
             "numpy": np.__version__,
         },
     }
+    if result.search is not None:
+        lineage["search"] = result.search
+    return lineage

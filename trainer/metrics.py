@@ -6,6 +6,13 @@ the true class, columns the predicted one), and the recall gap, the spread betwe
 the best- and worst-recognised class, which a single accuracy figure hides.
 A class that is never predicted has precision 0 rather than an undefined value.
 
+Calibration: the expected calibration error (ECE) bins the test samples by top-1
+confidence (equal-width bins over [0, 1]) and averages |accuracy - confidence|
+over the bins, weighted by their share of samples. A model that says 0.9 and is
+right 90 % of the time has ECE 0; the agent's confidence histograms only mean
+something if it is small. :func:`reliability` gives the per-bin figures the
+report draws.
+
 The drift baseline is what the agent compares live traffic against, where there
 are no labels: the predicted class mix, the histogram of top-1 confidence and the
 pixel statistics of the preprocessed input.
@@ -19,7 +26,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ClassMetrics", "Evaluation", "drift_baseline", "evaluate_predictions", "softmax"]
+__all__ = [
+    "ClassMetrics",
+    "Evaluation",
+    "drift_baseline",
+    "evaluate_predictions",
+    "expected_calibration_error",
+    "reliability",
+    "softmax",
+]
 
 
 @dataclass(frozen=True)
@@ -52,6 +67,7 @@ class Evaluation:
     confusion: list[list[int]]
     recall_gap: float
     samples: int
+    ece: float | None = None  # needs probabilities; None when only labels were given
 
     def to_dict(self) -> dict[str, Any]:
         """The bundle's ``metrics`` object."""
@@ -61,6 +77,7 @@ class Evaluation:
             "accuracy": self.accuracy,
             "macro_f1": self.macro_f1,
             "recall_gap": self.recall_gap,
+            "expected_calibration_error": self.ece,
             "per_class": {name: m.to_dict() for name, m in self.per_class.items()},
             "confusion": self.confusion,
         }
@@ -132,6 +149,68 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     values = logits.astype(np.float64)
     shifted = np.exp(values - values.max(axis=1, keepdims=True))
     return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def reliability(probs: np.ndarray, y_true: np.ndarray, bins: int = 10) -> list[dict[str, Any]]:
+    """Per confidence bin: its edges, sample count, mean confidence and accuracy.
+
+    Args:
+        probs: (N, K) probabilities.
+        y_true: (N,) true label indices.
+        bins: equal-width bins over [0, 1] of the top-1 confidence.
+
+    Returns:
+        One dict per bin: ``low``, ``high``, ``count``, ``confidence`` and
+        ``accuracy`` (both ``None`` for an empty bin).
+
+    Raises:
+        ValueError: the shapes disagree, there are no samples, or ``bins`` < 1.
+    """
+    if probs.ndim != 2 or len(probs) != len(y_true) or len(probs) == 0 or bins < 1:
+        raise ValueError(f"expected (N, K) probabilities and N labels, got {probs.shape}")
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == np.asarray(y_true)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    # Bin i holds (edges[i], edges[i+1]]; a confidence of exactly 0 joins bin 0.
+    which = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, bins - 1)
+    out = []
+    for i in range(bins):
+        mask = which == i
+        count = int(mask.sum())
+        out.append(
+            {
+                "low": float(edges[i]),
+                "high": float(edges[i + 1]),
+                "count": count,
+                "confidence": float(confidence[mask].mean()) if count else None,
+                "accuracy": float(correct[mask].mean()) if count else None,
+            }
+        )
+    return out
+
+
+def expected_calibration_error(probs: np.ndarray, y_true: np.ndarray, bins: int = 10) -> float:
+    """The sample-weighted mean |accuracy - confidence| over confidence bins.
+
+    Args:
+        probs: (N, K) probabilities.
+        y_true: (N,) true label indices.
+        bins: equal-width bins over [0, 1].
+
+    Returns:
+        The ECE, 0 (calibrated) to 1.
+
+    Raises:
+        ValueError: the shapes disagree or there are no samples.
+    """
+    total = len(probs)
+    return float(
+        sum(
+            b["count"] / total * abs(b["accuracy"] - b["confidence"])
+            for b in reliability(probs, y_true, bins)
+            if b["count"]
+        )
+    )
 
 
 def drift_baseline(

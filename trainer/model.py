@@ -1,4 +1,4 @@
-"""A small configurable CNN for 28x28 grayscale silhouettes.
+"""A small configurable CNN for small square images (28x28 gray silhouettes by default).
 
 ``depth`` convolution blocks (3x3 conv, batch norm, ReLU), the channel count
 doubling from ``width`` at each block, with 2x2 max pooling after every block but
@@ -31,13 +31,19 @@ class AnimalNet(nn.Module):
         width: channels of the first block; each later block doubles them.
         depth: the number of convolution blocks, 1..``MAX_DEPTH``.
         dropout: the dropout probability before the classifier, in [0, 1).
+        in_channels: 1 for gray input, 3 for RGB.
 
     Raises:
         TrainConfigError: a size is out of range.
     """
 
     def __init__(
-        self, num_classes: int, width: int = 16, depth: int = 3, dropout: float = 0.3
+        self,
+        num_classes: int,
+        width: int = 16,
+        depth: int = 3,
+        dropout: float = 0.3,
+        in_channels: int = 1,
     ) -> None:
         super().__init__()
         if num_classes < 2:
@@ -48,8 +54,10 @@ class AnimalNet(nn.Module):
             raise TrainConfigError(f"depth should be 1..{MAX_DEPTH}, got {depth}")
         if not 0.0 <= dropout < 1.0:
             raise TrainConfigError(f"dropout should be in [0, 1), got {dropout}")
+        if in_channels not in (1, 3):
+            raise TrainConfigError(f"in_channels should be 1 or 3, got {in_channels}")
         layers: list[nn.Module] = []
-        channels_in = 1
+        channels_in = in_channels
         for block in range(depth):
             channels_out = width * 2**block
             layers += [
@@ -69,5 +77,5 @@ class AnimalNet(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Map a float32 (N, 1, 28, 28) batch to (N, num_classes) logits."""
+        """Map a float32 (N, C, H, W) batch to (N, num_classes) logits."""
         return self.head(self.features(x))

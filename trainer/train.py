@@ -22,7 +22,7 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -30,15 +30,31 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from trainer.data import Dataset, load_dataset, parse_classes, preprocess
+from trainer.data import (
+    COLORS,
+    IMAGE_SIZE,
+    Dataset,
+    check_input,
+    check_labels,
+    load_dataset,
+    parse_classes,
+    preprocess,
+    split_of,
+)
 from trainer.errors import DatasetError, TrainConfigError
-from trainer.metrics import Evaluation, evaluate_predictions
+from trainer.metrics import (
+    Evaluation,
+    evaluate_predictions,
+    expected_calibration_error,
+    softmax,
+)
 from trainer.model import AnimalNet
 
 __all__ = [
     "EpochStats",
     "TrainConfig",
     "TrainResult",
+    "check_fits",
     "evaluate",
     "predict_logits",
     "train_model",
@@ -52,11 +68,16 @@ _EVAL_BATCH = 256
 class TrainConfig:
     """Everything that decides a training run; recorded in the bundle's lineage.
 
+    ``data`` says where the images come from: ``"animal-mnist"`` (the built-in
+    set, whose class names are checked here) or the path of an image folder or
+    manifest, ingested by :mod:`trainer.ingest` (any class names).
+
     Raises:
         TrainConfigError: a value is out of range or a class is unknown.
     """
 
     classes: tuple[str, ...] = ("cat", "dog")
+    data: str = "animal-mnist"
     epochs: int = 15
     width: int = 16
     depth: int = 3
@@ -66,10 +87,14 @@ class TrainConfig:
     batch_size: int = 64
     seed: int = 0
     test_percent: int = 20
+    validation_percent: int = 10
+    color: str = "gray"
+    image_size: int = IMAGE_SIZE
     threads: int = 2
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "classes", parse_classes(self.classes))
+        check = parse_classes if self.data == "animal-mnist" else check_labels
+        object.__setattr__(self, "classes", check(self.classes))
         if self.epochs < 1:
             raise TrainConfigError(f"epochs should be at least 1, got {self.epochs}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -81,9 +106,21 @@ class TrainConfig:
             raise TrainConfigError(f"batch_size should be at least 2, got {self.batch_size}")
         if not 1 <= self.test_percent <= 99:
             raise TrainConfigError(f"test_percent should be 1..99, got {self.test_percent}")
+        split_of("0" * 64, self.test_percent, self.validation_percent)  # checks the sum
+        check_input(self.color, self.image_size)
+        if self.image_size >> (self.depth - 1) < 1:
+            raise TrainConfigError(
+                f"depth {self.depth} pools a {self.image_size}-pixel input below one pixel"
+            )
         if self.threads < 1:
             raise TrainConfigError(f"threads should be at least 1, got {self.threads}")
-        AnimalNet(len(self.classes), self.width, self.depth, self.dropout)  # checks the sizes
+        self.build_model()  # checks the sizes
+
+    def build_model(self) -> AnimalNet:
+        """A freshly initialised network of this config's shape."""
+        return AnimalNet(
+            len(self.classes), self.width, self.depth, self.dropout, COLORS[self.color][1]
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The hyperparameters as plain JSON values."""
@@ -114,6 +151,25 @@ class TrainResult:
     evaluation: Evaluation
     history: list[EpochStats] = field(default_factory=list)
     seconds: float = 0.0
+    search: dict[str, Any] | None = None  # the trials, when this run won a search
+
+
+def check_fits(config: TrainConfig, dataset: Dataset) -> None:
+    """Check that a dataset is what the config describes.
+
+    Raises:
+        TrainConfigError: the classes, colour or input size differ.
+    """
+    if dataset.classes != config.classes:
+        raise TrainConfigError(
+            f"config classes {list(config.classes)} differ from the dataset's "
+            f"{list(dataset.classes)}"
+        )
+    if (dataset.color, dataset.image_size) != (config.color, config.image_size):
+        raise TrainConfigError(
+            f"config input {config.color} {config.image_size}px differs from the dataset's "
+            f"{dataset.color} {dataset.image_size}px"
+        )
 
 
 @contextmanager
@@ -146,7 +202,7 @@ def predict_logits(model: nn.Module, inputs: np.ndarray) -> np.ndarray:
 
     Args:
         model: the network.
-        inputs: float32 (N, 1, 28, 28), as :func:`trainer.data.preprocess` gives.
+        inputs: float32 (N, C, H, W), as :func:`trainer.data.preprocess` gives.
 
     Returns:
         float32 (N, num_classes) logits.
@@ -169,7 +225,7 @@ def evaluate(model: nn.Module, dataset: Dataset, split: str = "test") -> Evaluat
     Args:
         model: the network.
         dataset: the dataset whose labels the model predicts.
-        split: ``"test"`` (the held-out split) or ``"train"``.
+        split: ``"test"`` (the held-out split), ``"validation"`` or ``"train"``.
 
     Returns:
         The evaluation.
@@ -180,8 +236,10 @@ def evaluate(model: nn.Module, dataset: Dataset, split: str = "test") -> Evaluat
     images, labels = dataset.split(split)
     if len(images) == 0:
         raise DatasetError(f"the {split} split is empty; nothing to evaluate on")
-    predicted = predict_logits(model, preprocess(images)).argmax(axis=1)
-    return evaluate_predictions(labels, predicted, dataset.classes)
+    logits = predict_logits(model, preprocess(images))
+    evaluation = evaluate_predictions(labels, logits.argmax(axis=1), dataset.classes)
+    ece = expected_calibration_error(softmax(logits), labels)
+    return replace(evaluation, ece=ece)
 
 
 def train_model(
@@ -193,25 +251,33 @@ def train_model(
 
     Args:
         config: the hyperparameters.
-        dataset: the data to train on; by default Animal-MNIST restricted to
-            ``config.classes`` and split with ``config.test_percent``.
+        dataset: the data to train on; by default (only when ``config.data`` is
+            ``"animal-mnist"``) Animal-MNIST restricted to ``config.classes`` and
+            split and fitted as the config says.
         on_epoch: called after each epoch, e.g. to move a progress bar.
 
     Returns:
         The model in eval mode, its test evaluation and the per-epoch history.
 
     Raises:
-        TrainConfigError: the dataset's classes differ from the config's.
+        TrainConfigError: the dataset's classes, colour or size differ from the
+            config's, or no dataset is given for data other than Animal-MNIST.
         DatasetError: the data cannot be read, or a split is empty.
     """
     started = time.perf_counter()
     if dataset is None:
-        dataset = load_dataset(config.classes, config.test_percent)
-    if dataset.classes != config.classes:
-        raise TrainConfigError(
-            f"config classes {list(config.classes)} differ from the dataset's "
-            f"{list(dataset.classes)}"
+        if config.data != "animal-mnist":
+            raise TrainConfigError(
+                f"ingest {config.data} with trainer.ingest and pass the dataset to train_model"
+            )
+        dataset = load_dataset(
+            config.classes,
+            config.test_percent,
+            config.validation_percent,
+            config.color,
+            config.image_size,
         )
+    check_fits(config, dataset)
     images, labels = dataset.split("train")
     if len(images) == 0:
         raise DatasetError("the train split is empty; nothing to train on")
@@ -220,7 +286,7 @@ def train_model(
     history: list[EpochStats] = []
     with _deterministic(config.seed, config.threads):
         generator = torch.Generator().manual_seed(config.seed)
-        model = AnimalNet(len(config.classes), config.width, config.depth, config.dropout)
+        model = config.build_model()
         optimizer = torch.optim.AdamW(
             model.parameters(), lr=config.lr, weight_decay=config.weight_decay
         )

@@ -1,18 +1,21 @@
 """Dependencies of the routes, as ``Annotated`` aliases.
 
-``SessionDep`` gives a database session closed after the request;
-``AdminDep`` requires the admin token; ``CallerDep`` accepts the admin or a
-device token and says which (a route then checks the device may see what it
-asks for). Tokens travel as ``Authorization: Bearer <token>``; device tokens
-are compared by their SHA-256, admin tokens in constant time.
+``SessionDep`` gives a database session closed after the request.
+``ViewerDep``, ``OperatorDep`` and ``AdminDep`` require an API token whose
+role allows at least that much (``registry.core.security`` has the roles);
+``CallerDep`` accepts any valid token, a device's included, and says who it
+is (a route then checks the device may see what it asks for).
+
+Tokens travel as ``Authorization: Bearer <token>``. A token is tried, in
+order, as the bootstrap admin token (constant-time compare), as an API token,
+then as a device token, the last two by SHA-256. A revoked API or device
+token is refused with a message that says so.
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
@@ -20,29 +23,20 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from registry.core.context import RegistryContext
+from registry.core.security import ADMIN_NAME, Caller, Role, hash_token
 from registry.errors import AuthError
-from registry.tables import Device
+from registry.tables import ApiToken, Device
 
 __all__ = [
     "AdminDep",
     "Caller",
     "CallerDep",
     "ContextDep",
+    "OperatorDep",
     "SessionDep",
+    "ViewerDep",
     "hash_token",
 ]
-
-
-def hash_token(token: str) -> str:
-    """The SHA-256 hex digest under which a token is stored.
-
-    Args:
-        token: the secret.
-
-    Returns:
-        64 hex digits.
-    """
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def get_context(request: Request) -> RegistryContext:
@@ -72,28 +66,37 @@ def _bearer(authorization: str | None) -> str:
     return token.strip()
 
 
-@dataclass(frozen=True)
-class Caller:
-    """Who is calling: the admin, or one device."""
+def identify(context: RegistryContext, session: Session, token: str) -> Caller:
+    """Who holds ``token``.
 
-    admin: bool
-    device_id: str | None = None
+    Args:
+        context: the registry (for the bootstrap admin token).
+        session: a database session.
+        token: the bearer token.
 
-
-def require_admin(
-    context: ContextDep, authorization: Annotated[str | None, Header()] = None
-) -> Caller:
-    """Allow only the admin token.
+    Returns:
+        The caller.
 
     Raises:
-        AuthError: no token, or not the admin token.
+        AuthError: the token is unknown or revoked.
     """
-    token = _bearer(authorization)
-    if not hmac.compare_digest(token.encode(), context.admin_token.encode()):
-        raise AuthError(
-            "this needs the admin token; find it in the registry's data directory (admin-token)"
-        )
-    return Caller(admin=True)
+    if hmac.compare_digest(token.encode(), context.admin_token.encode()):
+        return Caller(ADMIN_NAME, Role.ADMIN)
+    digest = hash_token(token)
+    api = session.scalar(select(ApiToken).where(ApiToken.token_hash == digest))
+    if api is not None:
+        if api.revoked_at is not None:
+            raise AuthError(f"API token {api.name!r} was revoked; ask an admin for a new one")
+        return Caller(api.name, Role(api.role))
+    device = session.scalar(select(Device).where(Device.token_hash == digest))
+    if device is not None:
+        if device.revoked_at is not None:
+            raise AuthError(f"device {device.id!r} was revoked; enrol it again with a new id")
+        return Caller(f"device:{device.id}", device_id=device.id)
+    raise AuthError(
+        "unknown token; use an API token (`corral api-token create`), the admin token "
+        "or a device token from enrolment"
+    )
 
 
 def require_caller(
@@ -101,19 +104,35 @@ def require_caller(
     session: SessionDep,
     authorization: Annotated[str | None, Header()] = None,
 ) -> Caller:
-    """Allow the admin token or any enrolled device's token.
+    """Allow any valid token: an API token, the admin token or a device token.
 
     Raises:
-        AuthError: no token, or one that is neither the admin's nor a device's.
+        AuthError: no token, or an unknown or revoked one.
     """
-    token = _bearer(authorization)
-    if hmac.compare_digest(token.encode(), context.admin_token.encode()):
-        return Caller(admin=True)
-    device_id = session.scalar(select(Device.id).where(Device.token_hash == hash_token(token)))
-    if device_id is None:
-        raise AuthError("unknown token; use the device token from enrolment or the admin token")
-    return Caller(admin=False, device_id=device_id)
+    return identify(context, session, _bearer(authorization))
 
 
-AdminDep = Annotated[Caller, Depends(require_admin)]
+def _require(needed: Role) -> Callable[..., Caller]:
+    def dependency(
+        context: ContextDep,
+        session: SessionDep,
+        authorization: Annotated[str | None, Header()] = None,
+    ) -> Caller:
+        caller = identify(context, session, _bearer(authorization))
+        if not caller.allows(needed):
+            held = f"role {caller.role.value}" if caller.role else "a device token"
+            raise AuthError(
+                f"this needs the {needed.value} role and {caller.name!r} holds {held}; "
+                f"ask an admin for a token with it (`corral api-token create --role {needed}`); "
+                "the admin token is in the registry's data directory (admin-token)"
+            )
+        return caller
+
+    dependency.__name__ = f"require_{needed.value}"
+    return dependency
+
+
 CallerDep = Annotated[Caller, Depends(require_caller)]
+ViewerDep = Annotated[Caller, Depends(_require(Role.VIEWER))]
+OperatorDep = Annotated[Caller, Depends(_require(Role.OPERATOR))]
+AdminDep = Annotated[Caller, Depends(_require(Role.ADMIN))]

@@ -1,9 +1,9 @@
 """The registry's running parts, built once per app and shared by the routes.
 
-Building opens the database, loads (or first creates) the TUF keys and
-metadata, and resolves the admin token; ``start`` and ``stop`` run the
-background parts (MQTT bridge, ingest worker, TUF refresher) and are called
-from the app's lifespan.
+Building opens the database and upgrades its schema (Alembic), loads (or
+first creates) the TUF keys and metadata, and resolves the admin token;
+``start`` and ``stop`` run the background parts (MQTT bridge, ingest worker,
+TUF refresher) and are called from the app's lifespan.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from corral.payloads import encode
 from corral.topics import topic
 from registry.blobstore import BlobStore
 from registry.core.config import Settings
-from registry.core.db import SessionFactory, make_engine, make_session_factory
+from registry.core.db import SessionFactory, make_engine, make_session_factory, migrate
 from registry.ingest import Ingest
 from registry.mqtt import MqttBridge
 from registry.signing import TufRefresher, TufRepository
@@ -54,11 +54,13 @@ class RegistryContext:
         Raises:
             ConfigError: unusable settings (no admin token outside local mode, or
                 keys that the stored root does not trust).
-            sqlalchemy.exc.SQLAlchemyError: the database cannot be opened.
+            sqlalchemy.exc.SQLAlchemyError: the database cannot be opened or migrated.
+            alembic.util.CommandError: a newer registry migrated the database.
         """
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         admin_token = settings.resolve_admin_token()
         engine = make_engine(settings.sqlalchemy_url)
+        migrate(engine)
         sessions = make_session_factory(engine)
         tuf = TufRepository(settings.data_dir / "keys", sessions)
         tuf.initialise()

@@ -1,27 +1,46 @@
-"""The database engine and sessions.
+"""The database engine, its schema migrations, and sessions.
 
 SQLite (the one-machine default) runs in WAL mode so the console's reads do
 not block MQTT ingest's writes, with ``check_same_thread`` off because
 FastAPI's thread pool, the ingest worker and the TUF refresher share one
-engine. Other engines (PostgreSQL) get the portable defaults.
+engine. PostgreSQL (``CORRAL_DATABASE_URL=postgresql+psycopg://...``) gets
+the portable defaults and ``pool_pre_ping``.
+
+The schema is Alembic's: :func:`migrate` upgrades the database to the newest
+revision shipped in ``registry/migrations`` before the registry serves. A
+database that a registry from before migrations made with ``create_all`` (its
+tables but no ``alembic_version``) is taken to be the initial revision and
+upgraded from there.
 """
 
 from __future__ import annotations
 
+from importlib import resources
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from registry.tables import Base
-
-__all__ = ["SessionFactory", "make_engine", "make_session_factory"]
+__all__ = [
+    "INITIAL_REVISION",
+    "SessionFactory",
+    "alembic_config",
+    "make_engine",
+    "make_session_factory",
+    "migrate",
+]
 
 SessionFactory = sessionmaker[Session]
 
+#: The revision that creates the schema registries had before migrations.
+INITIAL_REVISION = "0001"
+
 
 def make_engine(url: str) -> Engine:
-    """Create the engine for ``url`` and the tables it lacks.
+    """Create the engine for ``url`` (it does not touch the schema; see :func:`migrate`).
 
     Args:
         url: a SQLAlchemy database URL.
@@ -30,7 +49,8 @@ def make_engine(url: str) -> Engine:
         The engine.
 
     Raises:
-        sqlalchemy.exc.SQLAlchemyError: the database cannot be opened.
+        sqlalchemy.exc.ArgumentError: the URL cannot be parsed.
+        ModuleNotFoundError: the URL's driver is not installed.
     """
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
@@ -42,11 +62,61 @@ def make_engine(url: str) -> Engine:
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
-    else:
-        engine = create_engine(url, pool_pre_ping=True)
-    # Schema migrations (Alembic) are a later issue; create_all only adds missing tables.
-    Base.metadata.create_all(engine)
-    return engine
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def alembic_config() -> Config:
+    """Alembic's configuration for the shipped migrations (no alembic.ini).
+
+    Returns:
+        The config; put a connection in ``attributes["connection"]`` before use.
+    """
+    config = Config()
+    config.set_main_option("script_location", str(resources.files("registry") / "migrations"))
+    return config
+
+
+def migrate(engine: Engine, revision: str = "head") -> None:
+    """Upgrade the database to ``revision``, in one transaction.
+
+    Args:
+        engine: the engine from :func:`make_engine`.
+        revision: the target; tests pass an older one to build old databases.
+
+    Raises:
+        sqlalchemy.exc.SQLAlchemyError: the database cannot be opened or a
+            revision fails (the transaction is rolled back where DDL is
+            transactional, as on PostgreSQL); IntegrityError when a SQLite
+            migration left rows whose foreign keys point nowhere.
+        alembic.util.CommandError: the database is at a revision this registry
+            does not know (a newer registry migrated it); run that registry.
+    """
+    config = alembic_config()
+    sqlite = engine.dialect.name == "sqlite"
+    with engine.connect() as connection:
+        if sqlite:
+            # Batch mode copies a table and drops the old one, which enforced foreign
+            # keys would refuse; the pragma only takes effect outside a transaction.
+            connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            connection.commit()
+        try:
+            with connection.begin():
+                config.attributes["connection"] = connection
+                tables = set(inspect(connection).get_table_names())
+                if "alembic_version" not in tables and "devices" in tables:
+                    # Made by create_all before migrations existed: that is revision 0001.
+                    command.stamp(config, INITIAL_REVISION)
+                command.upgrade(config, revision)
+                if sqlite and (
+                    rows := connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                ):
+                    raise IntegrityError("PRAGMA foreign_key_check", None, ValueError(rows))
+        finally:
+            if sqlite:
+                connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+                connection.commit()
 
 
 def make_session_factory(engine: Engine) -> SessionFactory:

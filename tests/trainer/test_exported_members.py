@@ -9,7 +9,21 @@ import pytest
 
 import trainer
 
-MODULES = ["cli", "data", "errors", "export", "lineage", "metrics", "model", "source", "train"]
+MODULES = [
+    "cli",
+    "data",
+    "errors",
+    "export",
+    "ingest",
+    "lineage",
+    "metrics",
+    "model",
+    "quantize",
+    "report",
+    "search",
+    "source",
+    "train",
+]
 
 
 def test_every_public_name_resolves() -> None:

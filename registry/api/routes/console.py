@@ -1,6 +1,6 @@
 """The web console: one static page that polls ``/api/v1/devices``.
 
-The page takes the admin token from ``?token=`` once, keeps it in
+The page takes a token from ``#token=`` (or ``?token=``) once, keeps it in
 sessionStorage and drops it from the address bar; real login is a later
 issue. No external scripts or fonts: park networks and this build machine
 have no internet.

@@ -1,15 +1,34 @@
-"""Devices: the fleet view, one device in detail, and a device's desired version."""
+"""Devices: the fleet view, one device in detail, its desired version, scope, revocation.
+
+Revoking a device, in one transaction: set ``revoked_at`` and write the
+audit row. From then on
+its token is refused (``api.deps.identify``) and MQTT ingest drops its
+messages, counted as ``dropped_revoked``. The row stays, with its history;
+the id stays taken.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Query
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from registry._time import iso
-from registry.api.deps import AdminDep, CallerDep, SessionDep
-from registry.errors import AuthError, NotFoundError
-from registry.schemas import Desired, DeviceDetail, DeviceSummary, EventOut, SeqStats
+from registry import audit
+from registry._time import iso, utcnow
+from registry.api.deps import AdminDep, CallerDep, OperatorDep, SessionDep, ViewerDep
+from registry.core.security import Role
+from registry.errors import AuthError, ConflictError, NotFoundError
+from registry.schemas import (
+    Desired,
+    DeviceDetail,
+    DeviceRevokeRequest,
+    DeviceSummary,
+    DeviceUpdate,
+    EventOut,
+    SeqStats,
+)
 from registry.tables import Device, Event, Message
 
 __all__ = ["router", "summary"]
@@ -47,6 +66,10 @@ def summary(device: Device) -> DeviceSummary:
         memory_percent=device.memory_percent,
         gpu_temp_c=device.gpu_temp_c,
         last_seen=iso(device.last_seen),
+        site=device.site,
+        group=device.group,
+        tags=list(device.tags or []),
+        revoked_at=iso(device.revoked_at),
     )
 
 
@@ -58,21 +81,35 @@ def _get(session: Session, device_id: str) -> Device:
 
 
 @router.get("", response_model=list[DeviceSummary])
-def list_devices(_admin: AdminDep, session: SessionDep) -> list[DeviceSummary]:
-    """Every enrolled device's summary, by id.
+def list_devices(
+    _viewer: ViewerDep,
+    session: SessionDep,
+    site: str | None = None,
+    group: str | None = None,
+    tag: Annotated[list[str] | None, Query(description="Every tag given must be set.")] = None,
+) -> list[DeviceSummary]:
+    """Enrolled devices' summaries by id, optionally only those of a site, group or tags.
 
     Raises:
-        AuthError: not the admin.
+        AuthError: not a viewer.
     """
-    return [summary(d) for d in session.scalars(select(Device).order_by(Device.id))]
+    query = select(Device).order_by(Device.id)
+    if site is not None:
+        query = query.where(Device.site == site)
+    if group is not None:
+        query = query.where(Device.group == group)
+    devices = session.scalars(query)
+    # Tags are a JSON list; filtering here keeps one query for SQLite and PostgreSQL.
+    wanted = set(tag or ())
+    return [summary(d) for d in devices if wanted <= set(d.tags or ())]
 
 
 @router.get("/{device_id}", response_model=DeviceDetail)
-def get_device(device_id: str, _admin: AdminDep, session: SessionDep) -> DeviceDetail:
+def get_device(device_id: str, _viewer: ViewerDep, session: SessionDep) -> DeviceDetail:
     """One device: summary, last 50 events and seq accounting.
 
     Raises:
-        AuthError: not the admin.
+        AuthError: not a viewer.
         NotFoundError: no such device.
     """
     device = _get(session, device_id)
@@ -97,13 +134,56 @@ def get_device(device_id: str, _admin: AdminDep, session: SessionDep) -> DeviceD
 
 @router.get("/{device_id}/desired", response_model=Desired)
 def get_desired(device_id: str, caller: CallerDep, session: SessionDep) -> Desired:
-    """The device's desired model version; for that device's token or the admin.
+    """The device's desired model version; for that device's token or any viewer.
 
     Raises:
-        AuthError: a different device's token.
+        AuthError: a different device's token (or a revoked one's).
         NotFoundError: no such device.
     """
-    if not caller.admin and caller.device_id != device_id:
+    if not caller.allows(Role.VIEWER) and caller.device_id != device_id:
         raise AuthError(f"a device token may read only its own desired version, not {device_id!r}")
     device = _get(session, device_id)
     return Desired(model=device.desired_model, version=device.desired_version)
+
+
+@router.patch("/{device_id}", response_model=DeviceSummary)
+def update_device(
+    device_id: str, body: DeviceUpdate, operator: OperatorDep, session: SessionDep
+) -> DeviceSummary:
+    """Set a device's site, group or tags (fields left out stay as they are).
+
+    Raises:
+        AuthError: not an operator.
+        NotFoundError: no such device.
+    """
+    device = _get(session, device_id)
+    changes = body.model_dump(exclude_unset=True)
+    for field, value in changes.items():
+        setattr(device, field, value)
+    if changes:
+        audit.record(session, operator, "device.update", device_id, **changes)
+        session.commit()
+    return summary(device)
+
+
+@router.post("/{device_id}/revoke", response_model=DeviceSummary)
+def revoke_device(
+    device_id: str,
+    admin: AdminDep,
+    session: SessionDep,
+    body: DeviceRevokeRequest | None = None,
+) -> DeviceSummary:
+    """Revoke a device: its token stops working and its MQTT messages are dropped.
+
+    Raises:
+        AuthError: not an admin.
+        NotFoundError: no such device.
+        ConflictError: it is revoked already.
+    """
+    device = _get(session, device_id)
+    if device.revoked_at is not None:
+        raise ConflictError(f"device {device_id!r} was revoked at {iso(device.revoked_at)}")
+    device.revoked_at = utcnow()
+    audit.record(session, admin, "device.revoke", device_id, reason=body.reason if body else "")
+    session.commit()
+    return summary(device)

@@ -4,8 +4,10 @@ The admin creates a token (shown once, stored as its SHA-256). An agent sends
 it with its device id; in one transaction the token is marked used (only if
 it still is unused and unexpired, so two racing uses cannot both win) and the
 device is created with a fresh random token, of which again only the hash is
-kept. The answer carries what the agent needs from then on: its token, the
-broker, and the TUF root it pins.
+kept. The device starts with the site, group and tags the token was made
+with. The answer carries what the agent needs from then on: its token, the
+broker, and the TUF root it pins. Both steps are written to the audit log in
+their own transaction (the enrolment as ``device:<id>``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from fastapi import APIRouter, status
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
+from registry import audit
 from registry._time import as_utc, iso, utcnow
 from registry.api.deps import AdminDep, ContextDep, SessionDep, hash_token
 from registry.errors import AuthError, ConflictError
@@ -38,23 +41,40 @@ router = APIRouter(prefix="/api/v1", tags=["enrolment"])
     "/enrolment-tokens", status_code=status.HTTP_201_CREATED, response_model=EnrolmentTokenResponse
 )
 def create_enrolment_token(
-    _admin: AdminDep,
+    admin: AdminDep,
     context: ContextDep,
     session: SessionDep,
     body: EnrolmentTokenRequest | None = None,
 ) -> EnrolmentTokenResponse:
-    """Create a one-time enrolment token.
+    """Create a one-time enrolment token, with the scope its device will get.
 
     Raises:
-        AuthError: not the admin.
+        AuthError: not an admin.
     """
-    ttl = (body.ttl_s if body else None) or context.settings.enrolment_ttl_s
+    body = body or EnrolmentTokenRequest()
+    ttl = body.ttl_s or context.settings.enrolment_ttl_s
     token = secrets.token_urlsafe(24)
     now = utcnow()
     row = EnrolmentToken(
-        token_hash=hash_token(token), created_at=now, expires=now + timedelta(seconds=ttl)
+        token_hash=hash_token(token),
+        created_at=now,
+        expires=now + timedelta(seconds=ttl),
+        site=body.site,
+        group=body.group,
+        tags=body.tags,
     )
     session.add(row)
+    session.flush()
+    audit.record(
+        session,
+        admin,
+        "enrolment_token.create",
+        f"enrolment-token:{row.id}",
+        expires=iso(row.expires),
+        site=body.site,
+        group=body.group,
+        tags=body.tags,
+    )
     session.commit()
     return EnrolmentTokenResponse(token=token, expires=iso(row.expires) or "")
 
@@ -101,7 +121,22 @@ def enrol(body: EnrolRequest, context: ContextDep, session: SessionDep) -> Enrol
             facts=body.facts,
             agent_version=body.agent_version,
             enrolled_at=now,
+            site=row.site,
+            group=row.group,
+            tags=list(row.tags or []),
         )
+    )
+    audit.record(
+        session,
+        f"device:{body.device_id}",
+        "device.enrol",
+        body.device_id,
+        enrolment_token=row.id,
+        profile=body.profile,
+        agent_version=body.agent_version,
+        site=row.site,
+        group=row.group,
+        tags=list(row.tags or []),
     )
     try:
         session.commit()

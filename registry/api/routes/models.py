@@ -22,8 +22,9 @@ from tuf.api.metadata import TargetFile
 
 from corral.bundle import BUNDLE_FILE, Bundle
 from corral.targets import bundle_target, file_target
+from registry import audit
 from registry._time import utcnow
-from registry.api.deps import AdminDep, ContextDep, SessionDep
+from registry.api.deps import ContextDep, OperatorDep, SessionDep, ViewerDep
 from registry.errors import ConflictError, InvalidInputError, NotFoundError
 from registry.schemas import ModelPushed, ModelSummary
 from registry.tables import ModelFile, ModelVersion
@@ -44,7 +45,7 @@ def _conflict(name: str, version: str) -> ConflictError:
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=ModelPushed)
 def push_model(
-    _admin: AdminDep,
+    operator: OperatorDep,
     context: ContextDep,
     session: SessionDep,
     bundle: Annotated[UploadFile, File(description="bundle.json")],
@@ -53,7 +54,7 @@ def push_model(
     """Register and sign a new model version.
 
     Raises:
-        AuthError: not the admin.
+        AuthError: not an operator.
         BundleError: bundle.json is invalid (422).
         ConflictError: the version exists.
         InvalidInputError: the files do not match the bundle.
@@ -115,6 +116,14 @@ def push_model(
             files=rows,
         )
     )
+    audit.record(
+        session,
+        operator,
+        "model.push",
+        f"{parsed.name}/{parsed.version}",
+        files=[f.name for f in parsed.files],
+        bundle_sha256=bundle_info.sha256,
+    )
     try:
         context.tuf.add_targets(session, targets)
     except IntegrityError as e:
@@ -126,11 +135,11 @@ def push_model(
 
 
 @router.get("", response_model=list[ModelSummary])
-def list_models(_admin: AdminDep, session: SessionDep) -> list[ModelSummary]:
+def list_models(_viewer: ViewerDep, session: SessionDep) -> list[ModelSummary]:
     """Every model version, by name then registration order.
 
     Raises:
-        AuthError: not the admin.
+        AuthError: not a viewer.
     """
     rows = session.scalars(select(ModelVersion).order_by(ModelVersion.name, ModelVersion.id))
     return [
@@ -146,11 +155,11 @@ def list_models(_admin: AdminDep, session: SessionDep) -> list[ModelSummary]:
 
 
 @router.get("/{name}/{version}")
-def get_model(name: str, version: str, _admin: AdminDep, session: SessionDep) -> dict[str, Any]:
+def get_model(name: str, version: str, _viewer: ViewerDep, session: SessionDep) -> dict[str, Any]:
     """The bundle dict of one version.
 
     Raises:
-        AuthError: not the admin.
+        AuthError: not a viewer.
         NotFoundError: no such version.
     """
     row = session.scalar(

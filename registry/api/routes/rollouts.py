@@ -14,9 +14,10 @@ from __future__ import annotations
 from fastapi import APIRouter, status
 from sqlalchemy import select, update
 
+from registry import audit
 from registry._time import iso, utcnow
-from registry.api.deps import AdminDep, ContextDep, SessionDep
-from registry.errors import NotFoundError
+from registry.api.deps import ContextDep, OperatorDep, SessionDep, ViewerDep
+from registry.errors import ConflictError, NotFoundError
 from registry.schemas import RolloutDeviceOut, RolloutOut, RolloutRequest
 from registry.tables import Device, ModelVersion, Rollout, RolloutDevice
 
@@ -48,13 +49,16 @@ def _out(rollout: Rollout) -> RolloutOut:
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=RolloutOut)
 def create_rollout(
-    body: RolloutRequest, _admin: AdminDep, context: ContextDep, session: SessionDep
+    body: RolloutRequest, operator: OperatorDep, context: ContextDep, session: SessionDep
 ) -> RolloutOut:
     """Move devices (all when ``devices`` is null) to a model version.
 
+    Revoked devices are left out of "all"; naming one is a conflict.
+
     Raises:
-        AuthError: not the admin.
+        AuthError: not an operator.
         NotFoundError: the version or a device does not exist.
+        ConflictError: a named device is revoked.
     """
     version = session.scalar(
         select(ModelVersion.id).where(
@@ -66,12 +70,15 @@ def create_rollout(
             f"no model {body.model} {body.version}; push it first (`corral model push`)"
         )
     if body.devices is None:
-        devices = list(session.scalars(select(Device).order_by(Device.id)))
+        active = select(Device).where(Device.revoked_at.is_(None)).order_by(Device.id)
+        devices = list(session.scalars(active))
     else:
         wanted = sorted(set(body.devices))
         devices = list(session.scalars(select(Device).where(Device.id.in_(wanted))))
         if missing := sorted(set(wanted) - {d.id for d in devices}):
             raise NotFoundError(f"no enrolled device(s) {missing}; check the ids")
+        if revoked := sorted(d.id for d in devices if d.revoked_at is not None):
+            raise ConflictError(f"device(s) {revoked} are revoked; leave them out")
     ids = [d.id for d in devices]
     # One UPDATE bumps every seq, so two rollouts at once cannot hand out the same seq.
     session.execute(
@@ -89,6 +96,16 @@ def create_rollout(
         session.refresh(device)
         rollout.devices.append(RolloutDevice(device=device, desired_seq=device.desired_seq))
     session.add(rollout)
+    session.flush()
+    audit.record(
+        session,
+        operator,
+        "rollout.create",
+        f"rollout:{rollout.id}",
+        model=body.model,
+        version=body.version,
+        devices=ids,
+    )
     session.commit()
     for device in devices:
         context.publish_desired(device.id, device.desired_seq, body.model, body.version)
@@ -96,21 +113,21 @@ def create_rollout(
 
 
 @router.get("", response_model=list[RolloutOut])
-def list_rollouts(_admin: AdminDep, session: SessionDep) -> list[RolloutOut]:
+def list_rollouts(_viewer: ViewerDep, session: SessionDep) -> list[RolloutOut]:
     """Every rollout, newest first.
 
     Raises:
-        AuthError: not the admin.
+        AuthError: not a viewer.
     """
     return [_out(r) for r in session.scalars(select(Rollout).order_by(Rollout.id.desc()))]
 
 
 @router.get("/{rollout_id}", response_model=RolloutOut)
-def get_rollout(rollout_id: int, _admin: AdminDep, session: SessionDep) -> RolloutOut:
+def get_rollout(rollout_id: int, _viewer: ViewerDep, session: SessionDep) -> RolloutOut:
     """One rollout with each device's desired and reported version.
 
     Raises:
-        AuthError: not the admin.
+        AuthError: not a viewer.
         NotFoundError: no such rollout.
     """
     rollout = session.get(Rollout, rollout_id)

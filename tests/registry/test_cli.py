@@ -1,0 +1,37 @@
+"""The client commands for people, aliases and revocation, against a running registry."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from typer.testing import CliRunner
+
+from corral.cli import app
+
+
+def test_api_token_alias_audit_and_revoke_commands(registry: Any) -> None:
+    runner = CliRunner(env={"COLUMNS": "240"})
+    admin = ["--registry", registry.url, "--token", registry.context.admin_token]
+
+    def run(*args: str, auth: list[str] = admin) -> str:
+        result = runner.invoke(app, [*args, *auth])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    secret = run("api-token", "create", "--role", "operator", "--name", "ci").strip()
+    assert len(secret) >= 40
+    assert "operator" in run("api-token", "list")
+    bundle, files = registry.make_bundle()
+    assert registry.push(bundle, files).status_code == 201
+    ci = ["--registry", registry.url, "--token", secret]
+    run("alias", "set", "animals", "production", "1.0.0", "--reason", "first", auth=ci)
+    assert "first" in run("alias", "history", "animals", "production", auth=ci)
+    registry.enrol("cam-1")
+    run("device", "revoke", "cam-1", "--reason", "lost")
+    run("api-token", "revoke", "ci")
+    shown = run("audit", "--limit", "20")
+    for action in ("api_token.create", "alias.move", "device.revoke", "api_token.revoke"):
+        assert action in shown
+    refused = runner.invoke(app, ["alias", "history", "animals", "production", *ci])
+    assert refused.exit_code == 2
+    assert "revoked" in refused.output
