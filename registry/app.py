@@ -18,6 +18,7 @@ from registry.api.routes import (
     audit,
     console,
     devices,
+    downloads,
     enrol,
     models,
     rollouts,
@@ -62,7 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return {"ok": True}
 
     # aliases before models: /models/{name}/aliases must not match /models/{name}/{version}.
-    routers = (enrol, devices, aliases, models, rollouts, tokens, audit, tuf, console)
+    routers = (enrol, devices, aliases, models, rollouts, tokens, audit, tuf, downloads, console)
     for module in routers:
         app.include_router(module.router)
     return app

@@ -90,18 +90,21 @@ case "$WHEEL" in
     say "downloading the agent wheel from $WHEEL"
     tmp="$(mktemp -d)"
     trap 'rm -rf "$tmp"' EXIT
-    "$VENV/bin/python" - "$WHEEL" "$tmp" <<'PY'
-import sys, urllib.request, email.message
+    "$VENV/bin/python" - "$WHEEL" "$tmp" <<'PY' || exit 2
+import email.message, sys, urllib.error, urllib.request
 url, out = sys.argv[1], sys.argv[2]
-with urllib.request.urlopen(url, timeout=60) as r:
-    msg = email.message.Message()
-    msg["content-disposition"] = r.headers.get("content-disposition", "")
-    name = msg.get_param("filename", header="content-disposition") or url.rsplit("/", 1)[-1]
-    with open(f"{out}/{name}", "wb") as f:
-        f.write(r.read())
-print(f"{out}/{name}")
+try:
+    with urllib.request.urlopen(url, timeout=60) as r:
+        msg = email.message.Message()
+        msg["content-disposition"] = r.headers.get("content-disposition", "")
+        name = msg.get_param("filename", header="content-disposition") or "corral-agent.whl"
+        with open(f"{out}/{name}", "wb") as f:
+            f.write(r.read())
+except (urllib.error.URLError, OSError) as e:
+    detail = e.read().decode(errors="replace") if isinstance(e, urllib.error.HTTPError) else ""
+    sys.exit(f"install-agent: cannot download the agent wheel from {url}: {e} {detail}")
 PY
-    WHEEL="$(ls "$tmp"/*.whl)"
+    WHEEL="$(ls "$tmp"/*.whl 2>/dev/null)" || exit 2
     ;;
 esac
 say "installing corral[$extras] from $WHEEL"

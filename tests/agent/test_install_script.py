@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -65,17 +66,21 @@ def test_install_enrol_unit_then_uninstall_keeps_data_and_purge_removes_it(
     prefix = tmp_path / "root"
     with registry.client() as client:
         token = client.create_enrolment_token(600)["token"]
+    # The operator puts the release's wheel where the registry serves it.
+    downloads = registry.data_dir / "registry" / "downloads"
+    downloads.mkdir(exist_ok=True)
+    shutil.copy(wheel, downloads / wheel.name)
     result = _run(
         "--registry", registry.registry_url,
         "--token", token,
         "--device-id", "gate-7",
         "--camera", "rtsp://cam.local/live#id=gate",
-        "--wheel", str(wheel),
         "--prefix", str(prefix),
         "--python", sys.executable,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "enrolled gate-7" in result.stdout + result.stderr
+    assert "downloading the agent wheel from" in result.stderr
 
     unit = (prefix / "etc/systemd/system/corral-agent.service").read_text()
     venv, data = prefix / "opt/corral/venv", prefix / "var/lib/corral"
@@ -147,3 +152,18 @@ def test_corral_agent_install_is_the_same_script(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "--registry URL is required" in result.stderr
+
+
+def test_without_a_wheel_on_the_registry_the_install_stops_before_enrolling(
+    tmp_path: Path, registry: LocalFleet
+) -> None:
+    result = _run(
+        "--registry", registry.registry_url + "/nowhere",
+        "--token", "unused",
+        "--prefix", str(tmp_path / "root"),
+        "--python", sys.executable,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "cannot download the agent wheel" in result.stderr
+    assert "enrolling" not in result.stderr
+    assert not (tmp_path / "root" / "var/lib/corral/agent.json").exists()
