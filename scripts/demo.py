@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         console.print(device_table(devices))
         ok = all(d.get("version") == "1.1.0" and (d.get("accuracy") or 0) >= 0.90 for d in devices)
         console.print(f"loop finished in {time.monotonic() - started:.0f} s")
-        console.print(f"console: {fleet.registry_url}/?token={fleet.admin_token}")
+        console.print(f"console: {fleet.registry_url}/#token={fleet.admin_token}")
         console.print(f"admin token: {data / 'registry' / 'admin-token'}  logs: {fleet.logs}")
         if not ok:
             console.print("[red]not every device runs v1.1.0 with accuracy ≥ 0.90[/red]")
