@@ -212,7 +212,7 @@ class Pipeline:
         self.frames_total = 0
         # Recent unlabelled frames' predictions, so ground truth that arrives later
         # (POST /feedback on the local API) can still count into accuracy.
-        self._recent: OrderedDict[str, tuple[str | None, int]] = OrderedDict()
+        self._recent: OrderedDict[tuple[str, int], tuple[str | None, int]] = OrderedDict()
         self.errors_total = 0
         self.swaps: list[SwapRecord] = []
         self._runtime = runtime
@@ -312,9 +312,9 @@ class Pipeline:
 
     # --- windows ----------------------------------------------------------------
 
-    def _remember(self, frame_id: str, version: str | None, prediction: int) -> None:
-        # Called under the lock from process().
-        self._recent[frame_id] = (version, prediction)
+    def _remember(self, frame: tuple[str, int], version: str | None, prediction: int) -> None:
+        # Called under the lock from process(), per unlabelled frame: keep it cheap.
+        self._recent[frame] = (version, prediction)
         if len(self._recent) > RECENT_FRAMES:
             self._recent.popitem(last=False)
 
@@ -325,8 +325,11 @@ class Pipeline:
             False when the frame is unknown, too old, already labelled, or was
             predicted by a model other than the one running now.
         """
+        camera, _, index = frame_id.rpartition(":")
+        if not camera or not index.isdigit():
+            return False
         with self._lock:
-            entry = self._recent.pop(frame_id, None)
+            entry = self._recent.pop((camera, int(index)), None)
             if entry is None or entry[0] != self._window.version:
                 return False
             self._window.count_label(label, entry[1])
@@ -336,7 +339,7 @@ class Pipeline:
         """The newest unlabelled frames still open for feedback: (frame id, version, class)."""
         with self._lock:
             items = list(self._recent.items())[-limit:]
-        return [(frame_id, version, prediction) for frame_id, (version, prediction) in items]
+        return [(f"{camera}:{index}", version, p) for (camera, index), (version, p) in items]
 
     def take_window(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """Close the current window and start a new one.
@@ -488,7 +491,7 @@ class Pipeline:
                 since.add_latency(latency_ms)
                 prediction = int(predictions[i])
                 if frame.label is None:
-                    self._remember(f"{frame.camera_id}:{frame.index}", window.version, prediction)
+                    self._remember((frame.camera_id, frame.index), window.version, prediction)
                 else:
                     window.count_label(frame.label, prediction)
             good = predictions[finite]
