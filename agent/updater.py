@@ -15,7 +15,9 @@ untouched, so the model that is running keeps running:
    length and SHA-256 agree with the bundle; it is downloaded into staging.
 4. The staged files are checked against the bundle once more.
 5. ONNX Runtime loads the file with the profile's providers and runs the
-   bundle's golden samples (the smoke test).
+   bundle's golden samples (the smoke test). The loader is a seam
+   (``runtime_loader``): the fleet simulator (``agent.simulate``) passes one
+   that returns a simulated model, so steps 1-4 and 6 stay the real ones.
 6. The staging folder becomes a slot, and the slot becomes current
    (``agent.slots``); the old current becomes previous.
 
@@ -40,8 +42,10 @@ import logging
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import httpx
 from tuf.api import exceptions as tuf_errors
@@ -67,7 +71,14 @@ from corral.profiles import FirmwareProfile
 from corral.targets import bundle_target, file_target
 from corral.version import Version
 
-__all__ = ["DEFAULT_MAX_MODEL_BYTES", "InstallResult", "Updater"]
+__all__ = [
+    "DEFAULT_MAX_MODEL_BYTES",
+    "InstallResult",
+    "LoadedModel",
+    "RuntimeLoader",
+    "Updater",
+    "load_onnx_runtime",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +145,38 @@ def _map_error(error: BaseException, model: str, version: str) -> UpdateError | 
     return None
 
 
+class LoadedModel(Protocol):
+    """What an install hands back to run: a ``ModelRuntime``, or a simulated model."""
+
+    @property
+    def bundle(self) -> Bundle: ...
+
+    def smoke_test(self) -> float:
+        """Run the golden samples; the largest difference (raises ``SmokeTestError``)."""
+        ...
+
+
+#: Loads a staged or installed model: (bundle, folder, variant, profile) -> model.
+RuntimeLoader = Callable[[Bundle, Path, str, FirmwareProfile], LoadedModel]
+
+
+def load_onnx_runtime(
+    bundle: Bundle, path: Path, variant: str, profile: FirmwareProfile
+) -> ModelRuntime:
+    """The default :data:`RuntimeLoader`: ONNX Runtime with the profile's providers.
+
+    Raises:
+        RuntimeLoadError: ONNX Runtime cannot load the file.
+    """
+    return ModelRuntime.load(
+        bundle,
+        path,
+        providers=profile.execution_providers,
+        variant=variant,
+        intra_op_threads=profile.intra_op_threads,
+    )
+
+
 @dataclass(frozen=True)
 class InstallResult:
     """What ``install`` did: the slot that is now current and its loaded runtime."""
@@ -144,7 +187,7 @@ class InstallResult:
     slot: Path
     smoke_max_diff: float
     seconds: float
-    runtime: ModelRuntime = field(repr=False, compare=False)
+    runtime: LoadedModel = field(repr=False, compare=False)
 
 
 def _trusted_root(metadata_dir: Path) -> bytes:
@@ -176,6 +219,8 @@ class Updater:
         slots: the slots to install into; default those of ``config.data_dir``.
         max_model_bytes: refuse model files larger than this.
         require_golden: refuse bundles without golden samples (nothing to smoke-test).
+        runtime_loader: loads a staged or installed model; default ONNX Runtime
+            (:func:`load_onnx_runtime`). The fleet simulator passes its own.
 
     Raises:
         OSError: the slots cannot be recovered (see ``Slots.recover``).
@@ -190,11 +235,13 @@ class Updater:
         slots: Slots | None = None,
         max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES,
         require_golden: bool = True,
+        runtime_loader: RuntimeLoader | None = None,
     ) -> None:
         self.config = config
         self.profile = profile
         self.max_model_bytes = max_model_bytes
         self.require_golden = require_golden
+        self.runtime_loader: RuntimeLoader = runtime_loader or load_onnx_runtime
         self._owns_fetcher = fetcher is None
         self._fetcher: FetcherInterface = fetcher or HttpxFetcher(
             config.device_token,
@@ -238,6 +285,9 @@ class Updater:
     def load(self, slot: Slot) -> ModelRuntime:
         """Load ``slot`` into ONNX Runtime with the profile's providers.
 
+        Always ONNX Runtime, whatever ``runtime_loader`` is: rollback and start
+        run real models (the simulator does neither).
+
         Args:
             slot: an installed slot (current after a start or a rollback).
 
@@ -247,13 +297,7 @@ class Updater:
         Raises:
             RuntimeLoadError: ONNX Runtime cannot load the file.
         """
-        return ModelRuntime.load(
-            slot.bundle,
-            slot.path,
-            providers=self.profile.execution_providers,
-            variant=slot.variant,
-            intra_op_threads=self.profile.intra_op_threads,
-        )
+        return load_onnx_runtime(slot.bundle, slot.path, slot.variant, self.profile)
 
     def rollback(self) -> Slot:
         """Make the previous slot current again (and the current one previous).
@@ -340,13 +384,7 @@ class Updater:
             self._fetch_model_file(tuf, bundle, entry, staging)
             # Only this variant's file was fetched; the bundle may list others.
             dataclasses.replace(bundle, files=[entry]).verify_files(staging)
-            runtime = ModelRuntime.load(
-                bundle,
-                staging,
-                providers=self.profile.execution_providers,
-                variant=variant,
-                intra_op_threads=self.profile.intra_op_threads,
-            )
+            runtime = self.runtime_loader(bundle, staging, variant, self.profile)
             smoke = runtime.smoke_test()
             slot = self.slots.commit(staging, bundle, variant)
         return InstallResult(

@@ -69,6 +69,12 @@ def _mount_roles() -> None:
         pass
     else:
         app.add_typer(agent_app, name="agent", help="Enrol and run the agent on a park computer.")
+    try:
+        from agent.simulate_cli import app as fleet_app
+    except ImportError:
+        pass
+    else:
+        app.add_typer(fleet_app, name="fleet", help="Simulate a fleet of agents.")
 
 
 def _fail(error: Exception) -> typer.Exit:

@@ -36,19 +36,22 @@ def _machine() -> str:
     return f"{platform.node()} {cpu} {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
-def _collect() -> dict[str, Callable[[Path], list[Figure]]]:
-    """Every ``BENCHMARKS`` table of the modules in ``scripts/benchmarks/``."""
+def _collect() -> tuple[dict[str, Callable[[Path], list[Figure]]], set[str]]:
+    """Every ``BENCHMARKS`` table of the modules in ``scripts/benchmarks/``, and the
+    names their ``ONLY_WHEN_NAMED`` sets keep out of a run of all (long soaks)."""
     found: dict[str, Callable[[Path], list[Figure]]] = {}
+    named_only: set[str] = set()
     for path in sorted((ROOT / "scripts" / "benchmarks").glob("[a-z]*.py")):
         if path.stem == "common":
             continue
         module = importlib.import_module(f"benchmarks.{path.stem}")
         found.update(getattr(module, "BENCHMARKS", {}))
-    return found
+        named_only |= set(getattr(module, "ONLY_WHEN_NAMED", ()))
+    return found, named_only
 
 
 def main() -> int:
-    benchmarks = _collect()
+    benchmarks, named_only = _collect()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", help=f"benchmarks (default all): {list(benchmarks)}")
     parser.add_argument("--out", default=str(ROOT / "bench-results.json"))
@@ -59,7 +62,7 @@ def main() -> int:
         return 2
     machine = _machine()
     figures: list[Figure] = []
-    for name in args.names or list(benchmarks):
+    for name in args.names or [n for n in benchmarks if n not in named_only]:
         with console.status(f"running {name}"), tempfile.TemporaryDirectory() as tmp:
             for figure in benchmarks[name](Path(tmp)):
                 figure.machine = machine
