@@ -20,6 +20,7 @@ from registry.api.routes import (
     devices,
     downloads,
     enrol,
+    metrics,
     models,
     rollouts,
     tokens,
@@ -63,7 +64,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return {"ok": True}
 
     # aliases before models: /models/{name}/aliases must not match /models/{name}/{version}.
-    routers = (enrol, devices, aliases, models, rollouts, tokens, audit, tuf, downloads, console)
+    routers = (
+        enrol,
+        devices,
+        aliases,
+        models,
+        rollouts,
+        tokens,
+        audit,
+        tuf,
+        downloads,
+        metrics,
+        console,
+    )
     for module in routers:
         app.include_router(module.router)
     return app

@@ -9,6 +9,8 @@ then acknowledges the batch. For each message, in order:
 3. the device must be enrolled and not revoked; its row is locked
    (``SELECT ... FOR UPDATE`` on PostgreSQL) so that two registries ingesting
    for one device fold their messages into its summary one after the other;
+   a batch locks all its devices first, in id order, so two replicas never
+   deadlock on each other's batches;
 4. insert the message with ``ON CONFLICT (device_id, seq) DO NOTHING``: no row
    inserted means a redelivery, ignored. The database decides, so two
    workers racing on one redelivery cannot both store it, and neither aborts
@@ -36,7 +38,7 @@ from collections import Counter
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Insert
+from sqlalchemy import Insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -126,6 +128,7 @@ class Ingest:
     def _store_batch(self, batch: list[IncomingMessage]) -> None:
         try:
             with self._sessions() as session:
+                _lock_devices(session, batch)
                 outcome = [self._store_one(session, m) for m in batch]
                 session.commit()
         except SQLAlchemyError:
@@ -194,6 +197,24 @@ class Ingest:
                 "dropped_bad_payload",
             )
         return payload
+
+
+def _lock_devices(session: Session, batch: list[IncomingMessage]) -> None:
+    """Lock the batch's device rows up front, in id order (PostgreSQL; a no-op on SQLite).
+
+    Two replicas whose batches name the same devices in different orders would
+    otherwise each lock one and wait for the other's: a deadlock, which
+    PostgreSQL breaks by aborting one batch (then retried one by one).
+    """
+    ids = set()
+    for message in batch:
+        try:
+            ids.add(parse_topic(message.topic)[0])
+        except PayloadError:
+            continue  # dropped later, with its reason
+    if ids:
+        query = select(Device.id).where(Device.id.in_(sorted(ids))).order_by(Device.id)
+        session.execute(query.with_for_update())
 
 
 def _insert_new(session: Session, row: dict[str, Any]) -> Insert:

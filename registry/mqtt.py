@@ -11,6 +11,17 @@ away are delivered when it comes back.
 Acknowledgements are manual: a message is acknowledged only after the
 ingest worker has committed it, so a crash between receipt and commit means
 a redelivery, which ``(device_id, seq)`` turns into a harmless duplicate.
+
+Replicas: with ``shared_group`` set, the bridge speaks MQTT 5 and subscribes
+to ``$share/<group>/corral/v1/devices/+/+``, so the broker hands each agent
+message to one of the replicas in the group (they share one database, whose
+``(device_id, seq)`` uniqueness absorbs a redelivery to another replica). The
+session is kept across reconnects (``clean_start=False`` and a session expiry
+of ``SESSION_EXPIRY_S``), the MQTT 5 form of a persistent session. Without it
+the bridge speaks MQTT 3.1.1, which every broker (the embedded amqtt one too)
+understands. A shared subscription gets no retained messages (MQTT 5, 4.8.2);
+agents publish status with QoS 1 as well, so the registry misses none of them
+unless it was never subscribed.
 """
 
 from __future__ import annotations
@@ -22,14 +33,40 @@ from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from corral.topics import ALL_AGENT_TOPICS
 
-__all__ = ["IncomingMessage", "MqttBridge"]
+__all__ = ["SESSION_EXPIRY_S", "IncomingMessage", "MqttBridge", "shared_topic"]
 
 logger = logging.getLogger(__name__)
+
+#: How long the broker keeps an MQTT 5 session (and queues QoS 1 messages) while
+#: its replica is away: a day covers a restart or an upgrade.
+SESSION_EXPIRY_S = 24 * 3600
+
+
+def shared_topic(group: str, topic_filter: str = ALL_AGENT_TOPICS) -> str:
+    """The shared-subscription form of ``topic_filter`` for ``group``.
+
+    Args:
+        group: the share name; the replicas that use the same one split the messages.
+        topic_filter: the filter to share.
+
+    Returns:
+        ``$share/<group>/<topic_filter>``.
+
+    Raises:
+        ValueError: ``group`` is empty or holds ``/``, ``+`` or ``#``.
+    """
+    if not group or any(c in group for c in "/+#"):
+        raise ValueError(
+            f"shared subscription group must be non-empty without / + #, got {group!r}"
+        )
+    return f"$share/{group}/{topic_filter}"
 
 
 @dataclass(frozen=True)
@@ -50,6 +87,11 @@ class MqttBridge:
         client_id: persistent-session client id; one per registry instance.
         on_message: called from paho's network thread for each message; it must
             be quick (hand the message to a queue) and call ``ack`` later.
+        shared_group: share agent messages with the other replicas in this group
+            (MQTT 5); None for MQTT 3.1.1 and a plain subscription.
+
+    Raises:
+        ValueError: ``shared_group`` is not a valid share name.
     """
 
     def __init__(
@@ -58,22 +100,40 @@ class MqttBridge:
         port: int,
         client_id: str,
         on_message: Callable[[IncomingMessage], None],
+        *,
+        shared_group: str | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.connected = threading.Event()
         self._stopping = False
         self._on_message = on_message
-        self._client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            clean_session=False,
-            manual_ack=True,
-        )
+        self._subscription = ALL_AGENT_TOPICS
+        self._connect_properties: Properties | None = None
+        if shared_group is None:
+            self._client = mqtt.Client(
+                CallbackAPIVersion.VERSION2,
+                client_id=client_id,
+                clean_session=False,
+                manual_ack=True,
+            )
+        else:
+            self._subscription = shared_topic(shared_group)
+            # MQTT 5 has no clean_session: clean_start=False (at connect) and a
+            # session expiry make the session persistent.
+            self._client = mqtt.Client(
+                CallbackAPIVersion.VERSION2,
+                client_id=client_id,
+                protocol=MQTTProtocolVersion.MQTTv5,
+                manual_ack=True,
+            )
+            self._connect_properties = Properties(PacketTypes.CONNECT)
+            self._connect_properties.SessionExpiryInterval = SESSION_EXPIRY_S
         self._client.reconnect_delay_set(min_delay=1, max_delay=30)
         self._client.on_connect = self._handle_connect
         self._client.on_disconnect = self._handle_disconnect
         self._client.on_message = self._handle_message
+        self._client.on_subscribe = self._handle_subscribe
 
     def start(self) -> None:
         """Connect in the background and start the network thread.
@@ -82,7 +142,16 @@ class MqttBridge:
             OSError: never for an unreachable broker (that is retried), only for a
                 host name that cannot be used at all.
         """
-        self._client.connect_async(self.host, self.port, keepalive=30)
+        if self._connect_properties is None:
+            self._client.connect_async(self.host, self.port, keepalive=30)
+        else:
+            self._client.connect_async(
+                self.host,
+                self.port,
+                keepalive=30,
+                clean_start=False,
+                properties=self._connect_properties,
+            )
         self._client.loop_start()
 
     def stop(self) -> None:
@@ -123,9 +192,31 @@ class MqttBridge:
         if reason_code.is_failure:
             logger.error("MQTT broker %s:%d refused us: %s", self.host, self.port, reason_code)
             return
-        client.subscribe(ALL_AGENT_TOPICS, qos=1)
-        self.connected.set()
+        client.subscribe(self._subscription, qos=1)
         logger.info("connected to MQTT broker %s:%d", self.host, self.port)
+
+    def _handle_subscribe(
+        self,
+        _client: mqtt.Client,
+        _userdata: Any,
+        _mid: int,
+        reason_codes: list[ReasonCode],
+        _properties: Any,
+    ) -> None:
+        # Connected means subscribed: a message published before the broker has
+        # the subscription would reach no one (a shared subscription gets no
+        # retained copy later either).
+        refused = [code for code in reason_codes if code.is_failure]
+        if refused:
+            logger.error(
+                "MQTT broker %s:%d refused the subscription to %s: %s",
+                self.host,
+                self.port,
+                self._subscription,
+                refused[0],
+            )
+            return
+        self.connected.set()
 
     def _handle_disconnect(
         self,

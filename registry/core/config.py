@@ -37,6 +37,10 @@ class Settings(BaseSettings):
     mqtt_port: int = Field(default=1883, ge=1, le=65535)
     #: None derives a stable id from data_dir, so the persistent session survives restarts.
     mqtt_client_id: str | None = None
+    #: Several replicas on one database share ingest through the MQTT 5 shared
+    #: subscription ``$share/<group>/...`` (the broker hands each message to one of
+    #: them). None: MQTT 3.1.1 and a plain subscription, as a lone registry needs.
+    mqtt_shared_group: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     admin_token: SecretStr | None = None
     #: Local mode allows a generated admin token; turn off for shared deployments.
     local: bool = True

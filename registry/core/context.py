@@ -66,7 +66,11 @@ class RegistryContext:
         tuf.initialise()
         ingest = Ingest(sessions)
         bridge = MqttBridge(
-            settings.mqtt_host, settings.mqtt_port, settings.client_id, ingest.submit
+            settings.mqtt_host,
+            settings.mqtt_port,
+            settings.client_id,
+            ingest.submit,
+            shared_group=settings.mqtt_shared_group,
         )
         return cls(
             settings=settings,
