@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -77,6 +79,16 @@ def _mount_roles() -> None:
         app.add_typer(fleet_app, name="fleet", help="Simulate a fleet of agents.")
 
 
+@contextmanager
+def _registry(registry: str | None, token: str | None) -> Iterator[RegistryClient]:
+    """A client for one command; a CorralError becomes a one-line error and exit code 2."""
+    try:
+        with RegistryClient(registry, token) as client:
+            yield client
+    except CorralError as e:
+        raise _fail(e) from e
+
+
 def _fail(error: Exception) -> typer.Exit:
     console.print(f"[red]error:[/red] {error}")
     return typer.Exit(2)
@@ -115,11 +127,8 @@ def device_table(devices: list[dict[str, Any]]) -> Table:
 @app.command()
 def devices(registry: Registry = None, token: Token = None) -> None:
     """List enrolled devices with state, model version, fps, latency and accuracy."""
-    try:
-        with RegistryClient(registry, token) as client:
-            console.print(device_table(client.devices()))
-    except CorralError as e:
-        raise _fail(e) from e
+    with _registry(registry, token) as client:
+        console.print(device_table(client.devices()))
 
 
 @token_app.command("create")
@@ -129,11 +138,8 @@ def token_create(
     token: Token = None,
 ) -> None:
     """Create a one-time enrolment token and print it."""
-    try:
-        with RegistryClient(registry, token) as client:
-            created = client.create_enrolment_token(ttl)
-    except CorralError as e:
-        raise _fail(e) from e
+    with _registry(registry, token) as client:
+        created = client.create_enrolment_token(ttl)
     console.print(created["token"], soft_wrap=True, highlight=False)
 
 
@@ -145,22 +151,16 @@ def api_token_create(
     token: Token = None,
 ) -> None:
     """Create a named API token with a role and print it (it is shown only this once)."""
-    try:
-        with RegistryClient(registry, token) as client:
-            created = client.create_api_token(name, role)
-    except CorralError as e:
-        raise _fail(e) from e
+    with _registry(registry, token) as client:
+        created = client.create_api_token(name, role)
     console.print(created["token"], soft_wrap=True, highlight=False)
 
 
 @api_token_app.command("list")
 def api_token_list(registry: Registry = None, token: Token = None) -> None:
     """List API tokens (names, roles, who made them, revocation); never the secrets."""
-    try:
-        with RegistryClient(registry, token) as client:
-            tokens = client.api_tokens()
-    except CorralError as e:
-        raise _fail(e) from e
+    with _registry(registry, token) as client:
+        tokens = client.api_tokens()
     table = Table(title="API tokens")
     for column in ("name", "role", "created", "by", "revoked"):
         table.add_column(column)
@@ -178,11 +178,8 @@ def api_token_revoke(
     token: Token = None,
 ) -> None:
     """Revoke an API token at once."""
-    try:
-        with RegistryClient(registry, token) as client:
-            client.revoke_api_token(name)
-    except CorralError as e:
-        raise _fail(e) from e
+    with _registry(registry, token) as client:
+        client.revoke_api_token(name)
     console.print(f"revoked API token {name}")
 
 
@@ -194,11 +191,8 @@ def device_revoke(
     token: Token = None,
 ) -> None:
     """Revoke a device: its token stops working and its MQTT messages are dropped."""
-    try:
-        with RegistryClient(registry, token) as client:
-            client.revoke_device(device_id, reason)
-    except CorralError as e:
-        raise _fail(e) from e
+    with _registry(registry, token) as client:
+        client.revoke_device(device_id, reason)
     console.print(f"revoked device {device_id}")
 
 
@@ -214,11 +208,8 @@ def audit(
 ) -> None:
     """Show the audit log: who changed what, when."""
     filters = {k: v for k, v in (("actor", actor), ("action", action)) if v is not None}
-    try:
-        with RegistryClient(registry, token) as client:
-            entries = client.audit(limit, **filters)
-    except CorralError as e:
-        raise _fail(e) from e
+    with _registry(registry, token) as client:
+        entries = client.audit(limit, **filters)
     table = Table(title="Audit log")
     for column in ("at", "actor", "action", "target"):
         table.add_column(column, no_wrap=True)
@@ -240,11 +231,8 @@ def alias_set(
     token: Token = None,
 ) -> None:
     """Point a model's alias at a version."""
-    try:
-        with RegistryClient(registry, token) as client:
-            client.move_alias(model, alias, version, reason)
-    except CorralError as e:
-        raise _fail(e) from e
+    with _registry(registry, token) as client:
+        client.move_alias(model, alias, version, reason)
     console.print(f"{model} {alias} → {version}")
 
 
@@ -256,11 +244,8 @@ def alias_history(
     token: Token = None,
 ) -> None:
     """Every move of a model's alias, newest first: who, when, from, to, why."""
-    try:
-        with RegistryClient(registry, token) as client:
-            moves = client.alias_history(model, alias)
-    except CorralError as e:
-        raise _fail(e) from e
+    with _registry(registry, token) as client:
+        moves = client.alias_history(model, alias)
     table = Table(title=f"{model} {alias}")
     for column in ("when", "who", "from", "to", "why"):
         table.add_column(column)
@@ -278,11 +263,8 @@ def model_push(
     token: Token = None,
 ) -> None:
     """Upload a bundle; the registry signs it and it becomes an immutable version."""
-    try:
-        with RegistryClient(registry, token) as client:
-            created = client.push_model(bundle_dir)
-    except CorralError as e:
-        raise _fail(e) from e
+    with _registry(registry, token) as client:
+        created = client.push_model(bundle_dir)
     console.print(
         f"pushed {created['name']} {created['version']} ({len(created['files'])} files, signed)"
     )
@@ -291,11 +273,8 @@ def model_push(
 @model_app.command("list")
 def model_list(registry: Registry = None, token: Token = None) -> None:
     """List model versions with their test accuracy."""
-    try:
-        with RegistryClient(registry, token) as client:
-            models = client.models()
-    except CorralError as e:
-        raise _fail(e) from e
+    with _registry(registry, token) as client:
+        models = client.models()
     table = Table(title="Models")
     for column in ("name", "version", "created", "accuracy", "dataset"):
         table.add_column(column)
@@ -325,16 +304,13 @@ def rollout_start(
     token: Token = None,
 ) -> None:
     """Set the desired version of some or all devices; agents install it through TUF."""
-    try:
-        with RegistryClient(registry, token) as client:
-            created = client.start_rollout(model, version, device or None)
-            console.print(
-                f"rollout {created['id']}: {model} {version} → {len(created['devices'])} device(s)"
-            )
-            if watch:
-                _watch(client, created["id"], timeout)
-    except CorralError as e:
-        raise _fail(e) from e
+    with _registry(registry, token) as client:
+        created = client.start_rollout(model, version, device or None)
+        console.print(
+            f"rollout {created['id']}: {model} {version} → {len(created['devices'])} device(s)"
+        )
+        if watch:
+            _watch(client, created["id"], timeout)
 
 
 @rollout_app.command("status")
@@ -348,19 +324,16 @@ def rollout_status(
     token: Token = None,
 ) -> None:
     """Show each device's desired and reported version for a rollout."""
-    try:
-        with RegistryClient(registry, token) as client:
-            if rollout_id is None:
-                rollouts = client.rollouts()
-                if not rollouts:
-                    console.print("no rollouts yet")
-                    return
-                rollout_id = str(rollouts[0]["id"])
-            if watch:
-                _watch(client, rollout_id, timeout)
-            console.print(_rollout_table(client.rollout(rollout_id)))
-    except CorralError as e:
-        raise _fail(e) from e
+    with _registry(registry, token) as client:
+        if rollout_id is None:
+            rollouts = client.rollouts()
+            if not rollouts:
+                console.print("no rollouts yet")
+                return
+            rollout_id = str(rollouts[0]["id"])
+        if watch:
+            _watch(client, rollout_id, timeout)
+        console.print(_rollout_table(client.rollout(rollout_id)))
 
 
 def _converged(rollout: dict[str, Any]) -> tuple[int, int]:
