@@ -9,19 +9,18 @@ import httpx
 import numpy as np
 import pytest
 
+from tests.agent.fixtures import broker_up, wait_for
 from tests.agent.test_service import (
     FakeUpdater,
     Registry,
     Watcher,
-    _broker_up,
     device_id,  # noqa: F401 (a fixture)
     make_service,
     registry,  # noqa: F401 (a fixture)
-    wait_for,
 )
 
 pytestmark = pytest.mark.skipif(
-    not _broker_up(), reason="SKIPPED LOUDLY: no MQTT broker on 127.0.0.1:1883"
+    not broker_up(), reason="SKIPPED LOUDLY: no MQTT broker on 127.0.0.1:1883"
 )
 
 

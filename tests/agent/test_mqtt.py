@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import socket
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,7 @@ from agent.mqtt import AgentLink
 from agent.outbox import Outbox
 from corral.payloads import Message, decode, encode
 from corral.topics import parse_topic, topic
+from tests.agent.fixtures import broker_up, wait_for
 
 HOST, PORT = "127.0.0.1", 1883
 WAIT_S = 30.0
@@ -24,27 +23,10 @@ TELEMETRY = {"cpu_percent": 1.0, "memory_percent": 2.0, "disk_percent": 3.0, "gp
 STATUS = {"model": "tiny", "version": "1.0.0", "profile": "x86-cpu"}
 
 
-def _broker_up() -> bool:
-    try:
-        with socket.create_connection((HOST, PORT), timeout=2):
-            return True
-    except OSError:
-        return False
-
-
 pytestmark = pytest.mark.skipif(
-    not _broker_up(),
+    not broker_up(HOST, PORT),
     reason=f"MQTT TESTS SKIPPED: no broker at {HOST}:{PORT}; start mosquitto to run them",
 )
-
-
-def wait_for(condition: Callable[[], object], timeout: float = WAIT_S) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return bool(condition())
 
 
 class Watcher:

@@ -3,57 +3,22 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
-import onnx
-from onnx import TensorProto, helper
 
 from agent.camera import Camera, FolderSource, MemorySource
 from agent.pipeline import HIST_BINS, Pipeline
 from agent.runtime import ModelRuntime
-from corral.bundle import Bundle, BundleFile, InputSpec, OutputSpec, file_digest
 from corral.payloads import encode
-
-WAIT_S = 60.0
-LABELS = ["bright", "dark"]
+from tests.agent.fixtures import LABELS, tiny_bundle, wait_for
 
 
 def tiny_runtime(directory: Path, version: str = "1.0.0", sign: float = 1.0) -> ModelRuntime:
-    """input [N,1,28,28] → Flatten → MatMul → logits [N,2]: (mean, -mean) of the normalised pixels.
-
-    With ``sign=-1`` the model answers the opposite class (a "bad" version).
-    """
-    directory.mkdir(parents=True, exist_ok=True)
-    weights = np.zeros((784, 2), np.float32)
-    weights[:, 0] = sign / 784
-    weights[:, 1] = -sign / 784
-    graph = helper.make_graph(
-        [
-            helper.make_node("Flatten", ["input"], ["flat"], axis=1),
-            helper.make_node("MatMul", ["flat", "w"], ["logits"]),
-        ],
-        "tiny",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 1, 28, 28])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 2])],
-        [helper.make_tensor("w", TensorProto.FLOAT, [784, 2], weights.ravel().tolist())],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    path = directory / "model.onnx"
-    onnx.save(model, str(path))
-    digest, length = file_digest(path)
-    bundle = Bundle(
-        name="tiny",
-        version=version,
-        input=InputSpec(name="input", shape=[None, 1, 28, 28], mean=[0.5], std=[0.5]),
-        output=OutputSpec(name="logits", labels=list(LABELS)),
-        files=[BundleFile("model.onnx", digest, length)],
-    )
-    return ModelRuntime.load(bundle, directory)
+    """The tiny classifier of ``fixtures.tiny_bundle``, loaded."""
+    return ModelRuntime.load(tiny_bundle(directory, version, sign), directory)
 
 
 def expected_prediction(image: np.ndarray, sign: float = 1.0) -> str:
@@ -72,15 +37,6 @@ def labelled_images(n: int, seed: int = 0) -> tuple[list[np.ndarray], list[str]]
         # Truth is "bright" above 100, so levels 101..127 are what the model gets wrong.
         labels.append("bright" if level > 100 else "dark")
     return images, labels
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = WAIT_S) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
 
 
 def hand_metrics(images: list[np.ndarray], labels: list[str], sign: float = 1.0) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from corral.bundle import GoldenSample
 from corral.payloads import encode
 from corral.profiles import FirmwareProfile
 from corral.topics import topic
+from tests.agent.fixtures import wait_for
 from tests.agent.test_service import (
     HOST,
     PORT,
@@ -35,7 +36,6 @@ from tests.agent.test_service import (
     make_images,
     publish_retained,
     pytestmark,  # noqa: F401 (skips without a broker)
-    wait_for,
 )
 from tests.agent.tuf_repo import (
     MODEL_FILE,

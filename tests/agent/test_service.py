@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import json
-import socket
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
-import onnx
 import paho.mqtt.client as mqtt
 import pytest
-from onnx import TensorProto, helper
 
 from agent.config import AgentConfig
 from agent.errors import CameraError, SmokeTestError
@@ -25,57 +21,19 @@ from agent.runtime import ModelRuntime
 from agent.service import AgentService
 from agent.slots import Slot
 from agent.updater import InstallResult
-from corral.bundle import Bundle, BundleFile, InputSpec, OutputSpec, file_digest
 from corral.payloads import Message, decode, encode
 from corral.profiles import FirmwareProfile
 from corral.topics import parse_topic, topic
+from tests.agent.fixtures import broker_up, tiny_bundle, wait_for
 
 HOST, PORT = "127.0.0.1", 1883
 WAIT_S = 60.0
-LABELS = ["bright", "dark"]
-
-
-def _broker_up() -> bool:
-    try:
-        with socket.create_connection((HOST, PORT), timeout=2):
-            return True
-    except OSError:
-        return False
 
 
 pytestmark = pytest.mark.skipif(
-    not _broker_up(),
+    not broker_up(HOST, PORT),
     reason=f"SERVICE TESTS SKIPPED: no MQTT broker at {HOST}:{PORT}; start mosquitto to run them",
 )
-
-
-def tiny_bundle(directory: Path, version: str) -> Bundle:
-    """A real ONNX classifier: logits (mean, -mean) of the normalised 28x28 gray input."""
-    directory.mkdir(parents=True, exist_ok=True)
-    weights = np.zeros((784, 2), np.float32)
-    weights[:, 0] = 1 / 784
-    weights[:, 1] = -1 / 784
-    graph = helper.make_graph(
-        [
-            helper.make_node("Flatten", ["input"], ["flat"], axis=1),
-            helper.make_node("MatMul", ["flat", "w"], ["logits"]),
-        ],
-        "tiny",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 1, 28, 28])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 2])],
-        [helper.make_tensor("w", TensorProto.FLOAT, [784, 2], weights.ravel().tolist())],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(directory / "model.onnx"))
-    digest, length = file_digest(directory / "model.onnx")
-    return Bundle(
-        name="tiny",
-        version=version,
-        input=InputSpec(name="input", shape=[None, 1, 28, 28], mean=[0.5], std=[0.5]),
-        output=OutputSpec(name="logits", labels=list(LABELS)),
-        files=[BundleFile("model.onnx", digest, length)],
-    )
 
 
 class FakeUpdater:
@@ -181,15 +139,6 @@ def publish_retained(name: str, payload: bytes) -> None:
     client.publish(name, payload, qos=1, retain=True).wait_for_publish(WAIT_S)
     client.disconnect()
     client.loop_stop()
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = WAIT_S) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return bool(condition())
 
 
 def make_images(root: Path, n: int = 40) -> Path:
