@@ -8,6 +8,7 @@ starts it again. Every seq from the first to the last must arrive.
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import shutil
 import socket
@@ -154,6 +155,20 @@ def test_an_outage_loses_nothing_and_the_order_is_kept(tmp_path: Path, broker: B
         broker.start()
         assert link.wait_connected(30)
         time.sleep(1.0)
+        stop.set()
+        publisher.join()
+        deadline = time.monotonic() + 30
+        while outbox.count_pending() > link.max_inflight and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if outbox.count_pending() > link.max_inflight:
+            # The open bug: leave the next reader everything needed to see where it hangs.
+            paho = link._client
+            states = [m.state for m in paho._out_messages.values()]
+            print(
+                f"STALL: {outbox.count_pending()} pending, {link.stats}, connected "
+                f"{link.connected}, paho inflight {paho._inflight_messages}, states {states}"
+            )
+            faulthandler.dump_traceback(all_threads=True)
     finally:
         stop.set()
         publisher.join()
