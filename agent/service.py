@@ -127,6 +127,22 @@ class InstallBackoff:
         self._failures[key] = (count, now + delay)
         return delay
 
+    def record(self, key: tuple[str, str], error: UpdateError) -> dict[str, Any]:
+        """Record a failed install of ``key``.
+
+        Returns:
+            The fields of its ``install_failed`` event (model, version, reason,
+            failures, retry_in_s), the same for the agent and the fleet simulator.
+        """
+        delay = self.failed(key, time.monotonic())
+        return {
+            "model": key[0],
+            "version": key[1],
+            "reason": error.reason,
+            "failures": self.failures(key),
+            "retry_in_s": delay,
+        }
+
     def clear(self, key: tuple[str, str]) -> None:
         """Forget the failures of ``key``, so that it may be tried at once."""
         self._failures.pop(key, None)
@@ -517,24 +533,16 @@ class AgentService:
         try:
             result = self.updater.install(*key)
         except UpdateError as e:
-            delay = self.backoff.failed(key, time.monotonic())
+            failure = self.backoff.record(key, e)
             logger.warning(
                 "install of %s %s failed (%s): %s; next try in %.0f s",
                 key[0],
                 key[1],
                 e.reason,
                 e,
-                delay,
+                failure["retry_in_s"],
             )
-            self._event(
-                "install_failed",
-                str(e),
-                model=key[0],
-                version=key[1],
-                reason=e.reason,
-                failures=self.backoff.failures(key),
-                retry_in_s=delay,
-            )
+            self._event("install_failed", str(e), **failure)
             if isinstance(e, SmokeTestError) and self.installed is not None:
                 # The staged model never ran: the running one stays, which is the
                 # rollback; the version waits for a newer hint like any rolled back.

@@ -390,16 +390,7 @@ class SimulatedAgent:
                 result = self.updater.install(*desired)
             except UpdateError as e:
                 self.failures += 1
-                delay = self.backoff.failed(desired, time.monotonic())
-                self._event(
-                    "install_failed",
-                    str(e),
-                    model=desired[0],
-                    version=desired[1],
-                    reason=e.reason,
-                    failures=self.backoff.failures(desired),
-                    retry_in_s=delay,
-                )
+                self._event("install_failed", str(e), **self.backoff.record(desired, e))
                 return
             assert isinstance(result.runtime, SimulatedModel)
             self.report()  # the old version's last window

@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from corral.payloads import encode
 from corral.topics import topic
+from tests.registry.messages import accuracy_payload
 
 pytestmark = pytest.mark.usefixtures("broker")
 
@@ -33,19 +34,6 @@ def _inference(device: str, seq: int, fps: float, p95: float) -> bytes:
         "version": None,
     }
     return encode("inference", device, seq, body)
-
-
-def _accuracy(device: str, seq: int, correct: int, labelled: int, version: str) -> bytes:
-    body = {
-        "window_s": 60.0,
-        "labelled": labelled,
-        "correct": correct,
-        "accuracy": correct / labelled,
-        "per_class": {},
-        "model": "animals",
-        "version": version,
-    }
-    return encode("accuracy", device, seq, body)
 
 
 def _telemetry(device: str, seq: int, temp: float) -> bytes:
@@ -75,14 +63,14 @@ def test_metrics_aggregate_the_fleet_without_device_labels(registry: Any) -> Non
         # fast: online, 1.0.0 on x86-cpu, 20 fps, p95 4 ms, 8/10 right, GPU at 61 °C
         (fast, "status", _status(fast, 1, "online", "1.0.0", "x86-cpu")),
         (fast, "inference", _inference(fast, 2, 20.0, 4.0)),
-        (fast, "accuracy", _accuracy(fast, 3, 8, 10, "1.0.0")),
+        (fast, "accuracy", accuracy_payload(fast, 3, 8, 10, "1.0.0")),
         (fast, "telemetry", _telemetry(fast, 4, 61.0)),
         # slow: online, 1.1.0 on a Jetson, 12.5 fps, p95 40 ms, 18/20 right, GPU at 72 °C
         (slow, "status", _status(slow, 1, "online", "1.1.0", "jetson-orin")),
         (slow, "inference", _inference(slow, 2, 12.5, 40.0)),
-        (slow, "accuracy", _accuracy(slow, 3, 9, 10, "1.1.0")),
-        (slow, "accuracy", _accuracy(slow, 4, 9, 10, "1.1.0")),
-        (slow, "accuracy", _accuracy(slow, 4, 9, 10, "1.1.0")),  # a redelivery
+        (slow, "accuracy", accuracy_payload(slow, 3, 9, 10, "1.1.0")),
+        (slow, "accuracy", accuracy_payload(slow, 4, 9, 10, "1.1.0")),
+        (slow, "accuracy", accuracy_payload(slow, 4, 9, 10, "1.1.0")),  # a redelivery
         (slow, "telemetry", _telemetry(slow, 5, 72.0)),
         # gone: ran (stale fps, latency and a hot GPU) and went offline; no labels
         (gone, "inference", _inference(gone, 1, 99.0, 700.0)),

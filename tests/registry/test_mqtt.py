@@ -13,6 +13,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from corral.payloads import encode
 from corral.topics import topic
+from tests.registry.messages import accuracy_payload
 
 pytestmark = pytest.mark.usefixtures("broker")
 
@@ -46,19 +47,6 @@ def _inference(device: str, seq: int, frames: int = 100) -> bytes:
         "version": "1.0.0",
     }
     return encode("inference", device, seq, body)
-
-
-def _accuracy(device: str, seq: int, correct: int, labelled: int, version: str) -> bytes:
-    body = {
-        "window_s": 60.0,
-        "labelled": labelled,
-        "correct": correct,
-        "accuracy": correct / labelled,
-        "per_class": {},
-        "model": "animals",
-        "version": version,
-    }
-    return encode("accuracy", device, seq, body)
 
 
 def test_rollout_publishes_a_retained_desired_hint(registry: Any) -> None:
@@ -137,8 +125,8 @@ def test_ingest_is_idempotent_drops_bad_payloads_and_counts_gaps(registry: Any) 
         _publish(client, topic(device, "inference"), _inference(device, 3))  # redelivery
         _publish(client, topic(device, "inference"), b"{not json")
         _publish(client, topic(device, "telemetry"), _telemetry("someone-else", 4))
-        _publish(client, topic(device, "accuracy"), _accuracy(device, 4, 8, 10, "1.0.0"))
-        _publish(client, topic(device, "accuracy"), _accuracy(device, 5, 10, 10, "1.0.0"))
+        _publish(client, topic(device, "accuracy"), accuracy_payload(device, 4, 8, 10, "1.0.0"))
+        _publish(client, topic(device, "accuracy"), accuracy_payload(device, 5, 10, 10, "1.0.0"))
         events = encode("events", device, 6, {"event": "install", "message": "installed 1.0.0"})
         _publish(client, topic(device, "events"), events)
         # seq 7 and 8 are lost
@@ -187,8 +175,8 @@ def test_accuracy_restarts_when_the_version_changes(registry: Any) -> None:
     registry.wait_for(registry.context.bridge.connected.is_set, what="registry on the broker")
     client = _client()
     try:
-        _publish(client, topic(device, "accuracy"), _accuracy(device, 1, 5, 10, "1.0.0"))
-        _publish(client, topic(device, "accuracy"), _accuracy(device, 2, 9, 10, "1.1.0"))
+        _publish(client, topic(device, "accuracy"), accuracy_payload(device, 1, 5, 10, "1.0.0"))
+        _publish(client, topic(device, "accuracy"), accuracy_payload(device, 2, 9, 10, "1.1.0"))
         registry.wait_for(
             lambda: registry.admin.get(f"/api/v1/devices/{device}").json()["seq"]["count"] == 2,
             what="two accuracy windows",
