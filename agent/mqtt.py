@@ -16,9 +16,22 @@ return codes and callbacks stop here. The order of things:
    ``on_publish`` reports its PUBACK (matched by message id). While
    disconnected it sends nothing; paho's persistent session
    (``clean_session=False``) re-sends what was in flight when it reconnects.
-4. After an unexpected disconnect a new seq is reserved for the will of the
+   Paho's own in-flight limit is switched off: with it on, paho parks
+   messages as "queued" and, after a reconnect, stops re-sending at the first
+   queued one, leaving the rest unsent for good (the sender stalled under load
+   after a broker restart). Our window is the only limit, and a message
+   unacknowledged for ``resend_after_s`` while connected is published again
+   (the registry stores by ``(device_id, seq)``, so a second copy is harmless):
+   whatever paho does, the sender cannot stall.
+4. A PUBACK means the broker has the message, not that a subscriber got it:
+   a broker that crashes, or restarts and loses its queues (Mosquitto 2.0
+   does, under load, even with persistence), drops what it acknowledged but
+   had not yet delivered. So after an unexpected disconnect, everything
+   acknowledged in the ``replay_s`` before it goes out again, in seq order
+   ahead of the backlog; the registry keeps one copy per ``(device_id, seq)``.
+5. After an unexpected disconnect a new seq is reserved for the will of the
    next connection (the broker fired the old one).
-5. :meth:`AgentLink.stop` enqueues the ``offline`` status with the will's
+6. :meth:`AgentLink.stop` enqueues the ``offline`` status with the will's
    seq, waits (bounded) for its PUBACK, and disconnects cleanly, so the
    broker drops the will and the retained status says ``offline``.
 
@@ -61,6 +74,8 @@ class LinkStats:
     published: int = 0
     acked: int = 0
     bad_desired: int = 0
+    resent: int = 0
+    replayed: int = 0
 
 
 class AgentLink:
@@ -79,6 +94,10 @@ class AgentLink:
         keepalive: MQTT keepalive in seconds; the will fires about 1.5 x this after a loss.
         max_inflight: the most unacknowledged messages at once.
         reconnect_delay_s: the first and the longest wait between reconnect attempts.
+        resend_after_s: how long a message may wait for its PUBACK, while connected,
+            before it is published again.
+        replay_s: after an unexpected disconnect, messages acknowledged this long
+            before it are sent again (the broker may have lost them).
     """
 
     def __init__(
@@ -94,6 +113,8 @@ class AgentLink:
         keepalive: int = 30,
         max_inflight: int = 16,
         reconnect_delay_s: tuple[int, int] = (1, 30),
+        resend_after_s: float = 30.0,
+        replay_s: float = 10.0,
     ) -> None:
         self.device_id = device_id
         self.host = host
@@ -105,6 +126,8 @@ class AgentLink:
         )
         self.keepalive = keepalive
         self.max_inflight = max_inflight
+        self.resend_after_s = resend_after_s
+        self.replay_s = replay_s
         self.stats = LinkStats()
         self._desired_topic = topic(device_id, "desired")
         self._status_topic = topic(device_id, "status")
@@ -115,7 +138,7 @@ class AgentLink:
         )
         if username is not None:
             self._client.username_pw_set(username, password)
-        self._client.max_inflight_messages_set(max(max_inflight, 1))
+        self._client.max_inflight_messages_set(0)  # no paho limit: see the module doc
         self._client.reconnect_delay_set(*reconnect_delay_s)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
@@ -125,8 +148,13 @@ class AgentLink:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._acks: collections.deque[int] = collections.deque()
-        self._inflight: dict[int, int] = {}  # mid -> seq; owned by the sender thread
+        # Owned by the sender thread: mid -> (seq, when published), and the seqs in it.
+        self._inflight: dict[int, tuple[int, float]] = {}
         self._inflight_seqs: set[int] = set()
+        self._connected_at = 0.0
+        # (when acknowledged, seq), newest last; owned by the sender thread.
+        self._recent_acks: collections.deque[tuple[float, int]] = collections.deque()
+        self._lost_at: float | None = None  # set by paho's thread, consumed by the sender
         self._will_seq: int | None = None
         self._sender: threading.Thread | None = None
         self._started = False
@@ -229,6 +257,7 @@ class AgentLink:
         self.stats.connects += 1
         logger.info("connected to broker %s:%s", self.host, self.port)
         client.subscribe(self._desired_topic, qos=1)
+        self._connected_at = time.monotonic()
         self._connected.set()
         self.publish_status()
 
@@ -244,6 +273,8 @@ class AgentLink:
             # A failed attempt: the will was never registered, so its seq stays unused.
             return
         logger.warning("lost the broker (%s); retrying, messages wait in the outbox", reason)
+        self._lost_at = time.monotonic()
+        self._wake.set()
         # The broker may or may not have fired the old will (a broker that shuts down
         # does not). Sending it ourselves with the same seq fills its place either
         # way: the registry stores by (device_id, seq), so a second copy is harmless,
@@ -281,20 +312,65 @@ class AgentLink:
     def _take_acks(self) -> None:
         while self._acks:
             mid = self._acks.popleft()
-            seq = self._inflight.pop(mid, None)
-            if seq is None:
+            entry = self._inflight.pop(mid, None)
+            if entry is None:
                 continue
+            seq = entry[0]
             self._inflight_seqs.discard(seq)
             self.outbox.mark_sent(seq)
             self.stats.acked += 1
+            now = time.monotonic()
+            self._recent_acks.append((now, seq))
+            while self._recent_acks and now - self._recent_acks[0][0] > self.replay_s:
+                self._recent_acks.popleft()
+
+    def _replay_recent(self) -> None:
+        """After a loss, queue again what the broker acknowledged just before it."""
+        lost_at, self._lost_at = self._lost_at, None
+        if lost_at is None:
+            return
+        seqs = [seq for when, seq in self._recent_acks if lost_at - when <= self.replay_s]
+        self._recent_acks.clear()
+        replayed = self.outbox.mark_unsent(seqs)
+        self.stats.replayed += replayed
+        if replayed:
+            logger.info(
+                "sending %d message(s) again that the lost broker had acknowledged", replayed
+            )
+
+    def _forget_overdue(self) -> None:
+        """Free the window of messages whose PUBACK is overdue, so they go out again.
+
+        The clock starts at the later of publish and connect: after a long outage,
+        paho's own re-send gets its chance first.
+        """
+        now = time.monotonic()
+        overdue = [
+            mid
+            for mid, (_, when) in self._inflight.items()
+            if now - max(when, self._connected_at) > self.resend_after_s
+        ]
+        for mid in overdue:
+            seq, _ = self._inflight.pop(mid)
+            self._inflight_seqs.discard(seq)
+            self.stats.resent += 1
+        if overdue:
+            logger.warning(
+                "%d message(s) unacknowledged for %.0f s; publishing them again",
+                len(overdue),
+                self.resend_after_s,
+            )
 
     def _send_loop(self) -> None:
         while not self._stopping.is_set():
             self._wake.wait(0.5)
             self._wake.clear()
             self._take_acks()
+            if self._lost_at is not None:
+                self._replay_recent()
             if not self._connected.is_set():
                 continue
+            self._forget_overdue()
             room = self.max_inflight - len(self._inflight)
             if room <= 0:
                 continue
@@ -313,7 +389,7 @@ class AgentLink:
                     )
                     break
                 # NO_CONN: paho queued it and sends it on reconnect; it is in flight either way.
-                self._inflight[info.mid] = row.seq
+                self._inflight[info.mid] = (row.seq, time.monotonic())
                 self._inflight_seqs.add(row.seq)
                 self.stats.published += 1
                 room -= 1

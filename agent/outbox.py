@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -254,6 +254,29 @@ class Outbox:
             if self._since_prune >= max(1, self.keep_sent // 10):
                 self._since_prune = 0
                 self._prune()
+
+    def mark_unsent(self, seqs: Iterable[int]) -> int:
+        """Send acknowledged messages again (those still kept); for a broker that lost them.
+
+        Returns:
+            How many rows went back to unsent.
+        """
+        wanted = sorted(set(seqs))
+        if not wanted:
+            return 0
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            rows = self._db.execute(
+                f"SELECT seq, length(payload) FROM outbox WHERE sent = 1 AND seq IN "
+                f"({','.join('?' * len(wanted))})",
+                wanted,
+            ).fetchall()
+            self._db.executemany(
+                "UPDATE outbox SET sent = 0 WHERE seq = ?", [(r[0],) for r in rows]
+            )
+            self._db.execute("COMMIT")
+            self._pending_bytes += sum(int(r[1]) for r in rows)
+        return len(rows)
 
     def _prune(self) -> None:
         self._db.execute(
