@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import paho.mqtt.client as mqtt
 
 import corral
 from agent.config import AgentConfig, default_profiles_dir
@@ -54,12 +55,14 @@ from agent.errors import AgentError, SmokeTestError, UpdateError
 from agent.mqtt import AgentLink
 from agent.outbox import Outbox
 from agent.pipeline import HIST_BINS
+from agent.pollselect import lift_select_limit
 from agent.service import InstallBackoff
 from agent.updater import Updater
 from corral.bundle import Bundle
 from corral.client import RegistryClient
 from corral.errors import ContractError
 from corral.profiles import FirmwareProfile, HardwareFacts, load_profiles
+from corral.topics import topic
 from corral.version import Version
 
 __all__ = [
@@ -94,6 +97,7 @@ class Cohort:
             test accuracy (``metrics.accuracy``), else 0.9.
         accuracy_delta: added to the accuracy (a cohort whose cameras see worse).
         accuracy_by_version: per-version accuracy, over both of the above.
+        latency_by_version: per-version median latency, over ``latency_ms``.
         crash: the probability that installing a version crashes the new model
             (a ``smoke_test`` failure: the old model keeps running).
         crash_from: crash only on versions at or above this one (``None``: every version).
@@ -106,6 +110,7 @@ class Cohort:
     accuracy: float | None = None
     accuracy_delta: float = 0.0
     accuracy_by_version: Mapping[str, float] = field(default_factory=dict)
+    latency_by_version: Mapping[str, float] = field(default_factory=dict)
     crash: float = 0.0
     crash_from: str | None = None
 
@@ -137,6 +142,10 @@ class Cohort:
             base = float(measured) if isinstance(measured, int | float) else 0.9
         return min(1.0, max(0.0, base + self.accuracy_delta))
 
+    def latency_for(self, bundle: Bundle) -> float:
+        """The median latency in ms an agent of this cohort reports for ``bundle``."""
+        return float(self.latency_by_version.get(bundle.version, self.latency_ms))
+
     def crashes_on(self, version: str, rng: random.Random) -> bool:
         """Whether this install of ``version`` crashes (a draw, for ``crash`` < 1)."""
         if self.crash <= 0.0:
@@ -161,8 +170,8 @@ def parse_cohort(text: str) -> Cohort:
 
     Keys: ``fps``, ``latency_ms``, ``accuracy``, ``delta`` (added to the
     accuracy), ``crash`` (probability), ``crash_from`` (a version), and
-    ``accuracy@VERSION`` for one version. Example:
-    ``slow=0.2:latency_ms=40,fps=5,accuracy@1.1.0=0.8,crash=0.1``.
+    ``accuracy@VERSION`` and ``latency_ms@VERSION`` for one version. Example:
+    ``slow=0.2:latency_ms=40,fps=5,accuracy@1.1.0=0.8,latency_ms@1.1.0=80,crash=0.1``.
 
     Raises:
         CohortError: the text does not follow that form.
@@ -177,24 +186,33 @@ def parse_cohort(text: str) -> Cohort:
         raise CohortError(f"cohort {name!r}: fraction {fraction_text!r} is not a number") from None
     fields: dict[str, Any] = {}
     by_version: dict[str, float] = {}
+    latency_by_version: dict[str, float] = {}
     for item in filter(None, rest.split(",")):
         key, sep, value = item.partition("=")
         key = key.strip()
         try:
             if key.startswith("accuracy@"):
                 by_version[key.removeprefix("accuracy@")] = float(value)
+            elif key.startswith("latency_ms@"):
+                latency_by_version[key.removeprefix("latency_ms@")] = float(value)
             elif sep and key in _COHORT_KEYS:
                 fields[key] = _COHORT_KEYS[key](value.strip())
             else:
                 raise CohortError(
                     f"cohort {name!r}: unknown setting {item!r}; known: "
-                    f"{sorted(_COHORT_KEYS)} and accuracy@VERSION"
+                    f"{sorted(_COHORT_KEYS)}, accuracy@VERSION and latency_ms@VERSION"
                 )
         except ValueError:
             raise CohortError(f"cohort {name!r}: {key} {value!r} is not a number") from None
     if "delta" in fields:
         fields["accuracy_delta"] = fields.pop("delta")
-    return Cohort(name=name, fraction=fraction, accuracy_by_version=by_version, **fields)
+    return Cohort(
+        name=name,
+        fraction=fraction,
+        accuracy_by_version=by_version,
+        latency_by_version=latency_by_version,
+        **fields,
+    )
 
 
 def split_fleet(n: int, cohorts: Sequence[Cohort]) -> list[Cohort]:
@@ -434,7 +452,8 @@ class SimulatedAgent:
         frames = int(rng.poisson(cohort.fps * window_s)) if cohort.fps > 0 else 0
         batch = max(1, self.profile.batch_size)
         if frames:
-            draws = np.exp(rng.normal(math.log(cohort.latency_ms), 0.25, size=min(frames, 256)))
+            median = cohort.latency_for(bundle)
+            draws = np.exp(rng.normal(math.log(median), 0.25, size=min(frames, 256)))
             p50, p95, p99 = np.percentile(draws, (50, 95, 99))
             latency: dict[str, float | None] = {
                 "p50": round(float(p50), 3),
@@ -547,6 +566,7 @@ class Fleet:
     ) -> None:
         if n < 1:
             raise CohortError(f"a fleet needs at least one agent, got {n}")
+        lift_select_limit()  # hundreds of agents in one process pass 1,024 descriptors
         self.registry_url = registry_url
         self.admin_token = admin_token
         self.data_dir = Path(data_dir)
@@ -622,14 +642,44 @@ class Fleet:
             a.link.wait_connected(max(0.0, deadline - time.monotonic())) for a in self.agents
         )
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop the reporter and the installs, then every agent (offline acknowledged, bounded)."""
+    def stop(self, timeout: float = 5.0, forget: bool = False) -> None:
+        """Stop the reporter and the installs, then every agent (offline acknowledged, bounded).
+
+        Args:
+            timeout: per agent, how long to wait for its offline status to be acknowledged.
+            forget: also clear the agents' retained ``status`` and ``desired`` on the
+                broker, so a throwaway fleet (a test, a benchmark) leaves nothing that
+                every later subscriber would be sent.
+        """
         self._stop.set()
         if self._reporter is not None:
             self._reporter.join(timeout)
         self._pool.shutdown(wait=True, cancel_futures=True)
         with ThreadPoolExecutor(32, thread_name_prefix="sim-stop") as stopper:
             list(stopper.map(lambda a: a.stop(timeout), self.agents))
+        if forget and self.agents:
+            self._forget(timeout)
+
+    def _forget(self, timeout: float) -> None:
+        link = self.agents[0].link
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="")
+        try:
+            client.connect(link.host, link.port)
+        except OSError as e:
+            logger.warning("could not clear the fleet's retained messages: %s", e)
+            return
+        client.loop_start()
+        try:
+            infos = [
+                client.publish(topic(a.device_id, kind), b"", qos=1, retain=True)
+                for a in self.agents
+                for kind in ("status", "desired")
+            ]
+            for info in infos:
+                info.wait_for_publish(timeout)
+        finally:
+            client.disconnect()
+            client.loop_stop()
 
     def __enter__(self) -> Fleet:
         return self

@@ -14,7 +14,8 @@ from typing import Any
 import httpx
 
 from corral.bundle import BUNDLE_FILE, Bundle
-from corral.errors import ApiError
+from corral.errors import ApiError, BundleError
+from corral.targets import file_target
 
 __all__ = ["DEFAULT_REGISTRY", "RegistryClient"]
 
@@ -107,6 +108,46 @@ class RegistryClient:
         """Every registered model version."""
         return list(self._call("GET", "/api/v1/models"))
 
+    def fetch_bundle(
+        self, name: str, version: str, directory: Path, variant: str = "fp32"
+    ) -> Bundle:
+        """Download a version's bundle.json and its ``variant`` file into ``directory``.
+
+        bundle.json comes from the API (a viewer token); the file from the TUF
+        targets by its SHA-256 name, capped at and checked against the length and
+        SHA-256 that bundle.json lists (e.g. for ``corral train --retrain-from``).
+
+        Raises:
+            ApiError: no such version (404), not a viewer (403), or unreachable.
+            BundleError: the bundle is invalid, has no such variant, or the file
+                differs from what it lists.
+        """
+        bundle = Bundle.from_dict(self._call("GET", f"/api/v1/models/{name}/{version}"))
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / BUNDLE_FILE).write_bytes(bundle.to_bytes())
+        entry = bundle.model_file(variant)
+        url = f"/tuf/targets/{file_target(name, version, f'{entry.sha256}.{entry.name}')}"
+        try:
+            with self._http.stream("GET", url) as response:
+                if response.status_code >= 400:
+                    raise ApiError(
+                        f"registry answered {response.status_code} for {url}",
+                        response.status_code,
+                    )
+                with (directory / entry.name).open("wb") as handle:
+                    for chunk in response.iter_bytes():
+                        if handle.tell() + len(chunk) > entry.length:
+                            raise BundleError(
+                                f"{entry.name}: the registry sent more than the "
+                                f"{entry.length} bytes bundle.json lists"
+                            )
+                        handle.write(chunk)
+        except httpx.HTTPError as e:
+            raise ApiError(f"cannot download {entry.name} from {self.base_url}: {e}") from e
+        bundle.verify_files(directory, variant)
+        return bundle
+
     def devices(self) -> list[dict[str, Any]]:
         """Every enrolled device's summary."""
         return list(self._call("GET", "/api/v1/devices"))
@@ -125,6 +166,37 @@ class RegistryClient:
         """
         body = {"model": model, "version": version, "devices": devices}
         return dict(self._call("POST", "/api/v1/rollouts", json=body))
+
+    def apply_rollout(self, plan: dict[str, Any]) -> dict[str, Any]:
+        """Start a staged rollout from a plan (``registry.rollout.plan.RolloutPlan`` as JSON).
+
+        Raises:
+            ApiError: unknown version or device (404), devices busy or staging
+                missing (409), or a plan the registry refuses (422, with why).
+        """
+        return dict(self._call("POST", "/api/v1/rollouts", json=plan))
+
+    def start_experiment(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Start an A/B experiment (name, model, a, b, selector, split); its first comparison.
+
+        Raises:
+            ApiError: unknown version or device (404), name taken (409), bad split (422).
+        """
+        return dict(self._call("POST", "/api/v1/experiments", json=body))
+
+    def experiment(self, name: str) -> dict[str, Any]:
+        """An experiment's cohorts and B - A differences with 95 % intervals."""
+        return dict(self._call("GET", f"/api/v1/experiments/{name}"))
+
+    def rollout_action(self, rollout_id: int | str, action: str, note: str = "") -> dict[str, Any]:
+        """``approve``, ``pause``, ``resume`` or ``abort`` a rollout, with a note for its log.
+
+        Raises:
+            ApiError: no such rollout (404) or not possible in its state (409).
+        """
+        return dict(
+            self._call("POST", f"/api/v1/rollouts/{rollout_id}/{action}", json={"note": note})
+        )
 
     def rollouts(self) -> list[dict[str, Any]]:
         """Every rollout, newest first."""

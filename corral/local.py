@@ -55,12 +55,17 @@ class LocalFleet:
         self.registry_url = ""
         self.admin_token = ""
         self._procs: dict[str, tuple[subprocess.Popen[bytes], IO[bytes]]] = {}
+        # A local fleet's registry is throwaway: an hour of broker session is plenty
+        # (each new data directory is a new session; old ones must not pile up).
+        self._env: dict[str, str] = {
+            "CORRAL_MQTT_SESSION_EXPIRY_S": os.environ.get("CORRAL_MQTT_SESSION_EXPIRY_S", "3600")
+        }
 
     # --- processes -------------------------------------------------------------
 
     def _spawn(self, name: str, args: Sequence[str]) -> subprocess.Popen[bytes]:
         log = (self.logs / f"{name}.log").open("ab")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self._env}
         proc = subprocess.Popen(
             [self.python, *args],
             stdout=log,
@@ -138,6 +143,7 @@ class LocalFleet:
             return given
         port = free_port()
         self._spawn("broker", ["-m", "registry.embedded_broker", "--port", str(port)])
+        self._env["CORRAL_MQTT_PROTOCOL"] = "3.1.1"  # amqtt speaks no MQTT 5
         self.broker = ("127.0.0.1", port)
         self.wait_for("the embedded broker", lambda: _port_open("127.0.0.1", port), 30)
         return ("127.0.0.1", port)

@@ -5,12 +5,13 @@ Start it with ``create_app(Settings(...))`` under any ASGI server, or with
 """
 
 from registry.app import create_app
-from registry.blobstore import BlobInfo, BlobStore
+from registry.blobstore import BlobInfo, BlobStorage, BlobStore
 from registry.core.config import Settings
 from registry.core.context import RegistryContext
 from registry.errors import (
     AuthError,
     BlobMismatchError,
+    BlobStoreError,
     ConfigError,
     ConflictError,
     InvalidInputError,
@@ -25,7 +26,9 @@ __all__ = [
     "AuthError",
     "BlobInfo",
     "BlobMismatchError",
+    "BlobStorage",
     "BlobStore",
+    "BlobStoreError",
     "ConfigError",
     "ConflictError",
     "IncomingMessage",

@@ -9,7 +9,8 @@
         ├── ConflictError        the request clashes with what is stored     → 409
         ├── InvalidInputError    the request is malformed                    → 422
         │   └── BlobMismatchError  an upload differs from its declared length or digest
-        └── ConfigError          the registry's own settings are unusable (startup)
+        ├── ConfigError          the registry's own settings are unusable (startup)
+        └── BlobStoreError       the object store cannot be reached or refused us    → 503
 
 ``corral.errors.ContractError`` (a bad bundle, payload or version) is also bad
 input: the API maps it to 422. The mapping lives in ``registry.api.errors``.
@@ -22,6 +23,7 @@ from corral.errors import CorralError
 __all__ = [
     "AuthError",
     "BlobMismatchError",
+    "BlobStoreError",
     "ConfigError",
     "ConflictError",
     "InvalidInputError",
@@ -56,3 +58,11 @@ class BlobMismatchError(InvalidInputError):
 
 class ConfigError(RegistryError):
     """The registry's settings cannot be used (for example a default secret outside local mode)."""
+
+
+class BlobStoreError(RegistryError):
+    """The blob store (an S3-compatible service) cannot be reached or refused a request.
+
+    Not the caller's fault: the request may succeed later, or once the store's
+    address, bucket or credentials are put right.
+    """

@@ -12,14 +12,19 @@ Acknowledgements are manual: a message is acknowledged only after the
 ingest worker has committed it, so a crash between receipt and commit means
 a redelivery, which ``(device_id, seq)`` turns into a harmless duplicate.
 
-Replicas: with ``shared_group`` set, the bridge speaks MQTT 5 and subscribes
-to ``$share/<group>/corral/v1/devices/+/+``, so the broker hands each agent
+Protocol: MQTT 5 by default, whose persistent session (``clean_start=False``
+and a session expiry, ``session_expiry_s``) ends on its own when a registry
+goes away for good: an MQTT 3.1.1 persistent session never does, and every
+registry data directory ever used (each test's, each demo's) left the broker
+queueing every agent message for it forever (seen: 470 dead sessions slowing
+a shared Mosquitto). ``protocol="3.1.1"`` is for brokers without MQTT 5 (the
+embedded amqtt one).
+
+Replicas: with ``shared_group`` set (MQTT 5 only) the bridge subscribes to
+``$share/<group>/corral/v1/devices/+/+``, so the broker hands each agent
 message to one of the replicas in the group (they share one database, whose
-``(device_id, seq)`` uniqueness absorbs a redelivery to another replica). The
-session is kept across reconnects (``clean_start=False`` and a session expiry
-of ``SESSION_EXPIRY_S``), the MQTT 5 form of a persistent session. Without it
-the bridge speaks MQTT 3.1.1, which every broker (the embedded amqtt one too)
-understands. A shared subscription gets no retained messages (MQTT 5, 4.8.2);
+``(device_id, seq)`` uniqueness absorbs a redelivery to another replica).
+A shared subscription gets no retained messages (MQTT 5, 4.8.2);
 agents publish status with QoS 1 as well, so the registry misses none of them
 unless it was never subscribed.
 """
@@ -89,6 +94,8 @@ class MqttBridge:
             be quick (hand the message to a queue) and call ``ack`` later.
         shared_group: share agent messages with the other replicas in this group
             (MQTT 5); None for MQTT 3.1.1 and a plain subscription.
+        username: the registry's broker account (``registry.broker``); None for none.
+        password: its password.
 
     Raises:
         ValueError: ``shared_group`` is not a valid share name.
@@ -102,6 +109,10 @@ class MqttBridge:
         on_message: Callable[[IncomingMessage], None],
         *,
         shared_group: str | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        protocol: str = "5",
+        session_expiry_s: int = SESSION_EXPIRY_S,
     ) -> None:
         self.host = host
         self.port = port
@@ -110,7 +121,9 @@ class MqttBridge:
         self._on_message = on_message
         self._subscription = ALL_AGENT_TOPICS
         self._connect_properties: Properties | None = None
-        if shared_group is None:
+        if protocol == "3.1.1":
+            if shared_group is not None:
+                raise ValueError("shared subscriptions need MQTT 5; drop the shared group or use 5")
             self._client = mqtt.Client(
                 CallbackAPIVersion.VERSION2,
                 client_id=client_id,
@@ -118,9 +131,10 @@ class MqttBridge:
                 manual_ack=True,
             )
         else:
-            self._subscription = shared_topic(shared_group)
+            if shared_group is not None:
+                self._subscription = shared_topic(shared_group)
             # MQTT 5 has no clean_session: clean_start=False (at connect) and a
-            # session expiry make the session persistent.
+            # session expiry make the session persistent, for a while.
             self._client = mqtt.Client(
                 CallbackAPIVersion.VERSION2,
                 client_id=client_id,
@@ -128,7 +142,9 @@ class MqttBridge:
                 manual_ack=True,
             )
             self._connect_properties = Properties(PacketTypes.CONNECT)
-            self._connect_properties.SessionExpiryInterval = SESSION_EXPIRY_S
+            self._connect_properties.SessionExpiryInterval = session_expiry_s
+        if username is not None:
+            self._client.username_pw_set(username, password)
         self._client.reconnect_delay_set(min_delay=1, max_delay=30)
         self._client.on_connect = self._handle_connect
         self._client.on_disconnect = self._handle_disconnect

@@ -17,6 +17,7 @@ from pydantic import (
 from corral.errors import PayloadError
 from corral.topics import check_device_id
 from registry.core.security import Role
+from registry.rollout.plan import RolloutPlan, Selector
 
 __all__ = [
     "Alias",
@@ -37,12 +38,16 @@ __all__ = [
     "EnrolmentTokenRequest",
     "EnrolmentTokenResponse",
     "EventOut",
+    "ExperimentRequest",
     "ModelPushed",
     "ModelSummary",
     "MqttEndpoint",
     "RolloutDeviceOut",
+    "RolloutLogOut",
+    "RolloutNote",
     "RolloutOut",
     "RolloutRequest",
+    "RolloutStageOut",
     "SeqStats",
 ]
 
@@ -199,35 +204,109 @@ class ModelSummary(BaseModel):
     lineage: dict[str, Any]
 
 
-class RolloutRequest(_Strict):
-    """Body of ``POST /api/v1/rollouts``; devices None means every enrolled device."""
+class RolloutRequest(RolloutPlan):
+    """Body of ``POST /api/v1/rollouts``: a plan, plus two conveniences.
 
-    model: str = Field(min_length=1, max_length=63)
-    version: str = Field(min_length=1, max_length=64)
+    ``devices`` is short for ``selector.devices``. A request with neither
+    ``stages`` nor ``gates`` is an immediate rollout (the walking skeleton's):
+    one stage of every selected device, install failures do not stop it, and
+    it takes over devices from other active rollouts.
+    """
+
     devices: list[str] | None = None
+    supersede: bool = False
+
+    def plan(self) -> tuple[RolloutPlan, bool]:
+        """The plan to run and whether it supersedes active rollouts."""
+        data = self.model_dump(exclude={"devices", "supersede"})
+        if self.devices is not None:
+            data["selector"]["devices"] = self.devices
+        immediate = not ({"stages", "gates"} & self.model_fields_set)
+        if immediate:
+            data["gates"]["max_install_failure_percent"] = 100.0
+        return RolloutPlan.model_validate(data), self.supersede or immediate
+
+
+class ExperimentRequest(_Strict):
+    """Body of ``POST /api/v1/experiments``: an A/B split of a selection."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")
+    model: str = Field(min_length=1, max_length=63)
+    a: str = Field(min_length=1, max_length=64, description="Control version.")
+    b: str = Field(min_length=1, max_length=64, description="Candidate version.")
+    selector: Selector = Field(default_factory=Selector)
+    split: float = Field(default=0.5, gt=0, lt=1, description="Cohort B's share.")
+
+
+class RolloutNote(_Strict):
+    """Body of approve, pause, resume and abort: why, for the decision log."""
+
+    note: str = Field(default="", max_length=500)
 
 
 class RolloutDeviceOut(BaseModel):
-    """One device of a rollout: what it should run and what it reports."""
+    """One device of a rollout: its stage, its way there, what it reports."""
 
     device_id: str
+    stage: int
+    #: waiting, moving, converged, failed, timeout, rolling_back, restored, stuck,
+    #: skipped or superseded (registry.tables.RolloutDevice).
+    progress: str
+    previous_version: str | None
+    reason: str
     desired_model: str | None
     desired_version: str | None
     reported_model: str | None
     reported_version: str | None
+    #: The device's own online/offline state.
     state: str | None
     #: Whether the device reports the rollout's version.
     done: bool
 
 
+class RolloutStageOut(BaseModel):
+    """One stage: its rules and where its devices are."""
+
+    index: int
+    name: str
+    size: int | str
+    devices: int
+    converged: int
+    failed: int
+    #: pending, active, passed, failed.
+    status: str
+    #: The latest gate evaluation: decision, waiting_for and results.
+    gates: dict[str, Any] | None
+
+
+class RolloutLogOut(BaseModel):
+    """One decision-log entry."""
+
+    at: str
+    actor: str
+    action: str
+    message: str
+    data: dict[str, Any]
+
+
 class RolloutOut(BaseModel):
-    """A rollout and its devices."""
+    """A rollout: its plan, state, stages with gate numbers, devices and decision log."""
 
     id: int
     model: str
     version: str
     created_at: str
+    created_by: str
+    environment: str
+    #: running, waiting_approval, paused, rolling_back, succeeded, failed, aborted,
+    #: superseded.
+    state: str
+    reason: str
+    stage: int
+    plan: dict[str, Any]
+    stages: list[RolloutStageOut]
     devices: list[RolloutDeviceOut]
+    log: list[RolloutLogOut]
 
 
 class DeviceUpdate(_Strict):

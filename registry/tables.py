@@ -4,7 +4,7 @@
 
     devices ─┬─< messages          every agent payload, unique on (device_id, seq)
              ├─< events            the events kind, for the console and audits
-             └─< rollout_devices >─ rollouts
+             └─< rollout_devices >─ rollouts ─< rollout_log
     enrolment_tokens               sha256 of one-time tokens, never the tokens, and the
                                    site/group/tags a device enrolled with one gets
     model_versions ─< model_files  immutable (name, version) with their files
@@ -53,6 +53,7 @@ __all__ = [
     "ModelVersion",
     "Rollout",
     "RolloutDevice",
+    "RolloutLogEntry",
     "TufMetadata",
 ]
 
@@ -121,6 +122,9 @@ class Device(Base):
     tags: Mapped[list[str]] = _tags()
     # A revoked device's token is refused and its MQTT messages are dropped.
     revoked_at: Mapped[datetime | None]
+    # The device token in Mosquitto's PBKDF2 format, for the broker's password
+    # file (registry.broker); a slow hash of a random token, never the token.
+    mqtt_password_hash: Mapped[str | None] = mapped_column(String(200))
 
     @property
     def accuracy(self) -> float | None:
@@ -209,7 +213,13 @@ class Event(Base):
 
 
 class Rollout(Base):
-    """A request to move devices to one model version."""
+    """A staged move of selected devices to one model version (``registry.rollout``).
+
+    ``plan`` is the :class:`~registry.rollout.plan.RolloutPlan` as accepted;
+    ``state`` is one of ``running``, ``waiting_approval``, ``paused``,
+    ``rolling_back``, ``succeeded``, ``failed``, ``aborted``, ``superseded``;
+    ``gates`` maps a stage index to its latest gate evaluation.
+    """
 
     __tablename__ = "rollouts"
 
@@ -217,13 +227,38 @@ class Rollout(Base):
     model: Mapped[str] = mapped_column(String(63))
     version: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime]
+    created_by: Mapped[str] = mapped_column(String(80), default="")
+    plan: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    environment: Mapped[str] = mapped_column(String(16), default="production")
+    state: Mapped[str] = mapped_column(String(24), default="running", index=True)
+    # What a rollback ends as: "failed" (a gate) or "aborted" (a person).
+    verdict: Mapped[str] = mapped_column(String(16), default="")
+    reason: Mapped[str] = mapped_column(Text, default="")
+    stage: Mapped[int] = mapped_column(Integer, default=0)
+    stage_started_at: Mapped[datetime | None]
+    stage_settled_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    gates: Mapped[dict[str, Any]] = mapped_column(default=dict)
     devices: Mapped[list[RolloutDevice]] = relationship(
         back_populates="rollout", cascade="all, delete-orphan", lazy="selectin"
+    )
+    log: Mapped[list[RolloutLogEntry]] = relationship(
+        back_populates="rollout",
+        cascade="all, delete-orphan",
+        lazy="selectin",
+        order_by="RolloutLogEntry.id",
     )
 
 
 class RolloutDevice(Base):
-    """One device of a rollout and the desired hint's seq it was sent with."""
+    """One device of a rollout: its stage, where it came from, and how its move went.
+
+    ``state``: ``waiting`` (its stage has not started), ``moving``,
+    ``converged``, ``failed`` (install failed or rolled back locally),
+    ``timeout``, ``rolling_back``, ``restored``, ``stuck`` (did not come back
+    in time), ``skipped`` (never moved), ``superseded`` (a later rollout took it).
+    """
 
     __tablename__ = "rollout_devices"
     __table_args__ = (UniqueConstraint("rollout_id", "device_id"),)
@@ -232,8 +267,32 @@ class RolloutDevice(Base):
     rollout_id: Mapped[int] = mapped_column(ForeignKey("rollouts.id"))
     device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"))
     desired_seq: Mapped[int]
+    stage: Mapped[int] = mapped_column(Integer, default=0)
+    state: Mapped[str] = mapped_column(String(16), default="moving")
+    previous_model: Mapped[str | None] = mapped_column(String(63))
+    previous_version: Mapped[str | None] = mapped_column(String(64))
+    moved_at: Mapped[datetime | None]
+    settled_at: Mapped[datetime | None]
+    # The newest events row id when it moved: install failures after it count.
+    event_mark: Mapped[int] = mapped_column(Integer, default=0)
+    reason: Mapped[str] = mapped_column(Text, default="")
     rollout: Mapped[Rollout] = relationship(back_populates="devices")
     device: Mapped[Device] = relationship(lazy="joined")
+
+
+class RolloutLogEntry(Base):
+    """The decision log of a rollout: every start, stage, gate verdict, approval and undo."""
+
+    __tablename__ = "rollout_log"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    rollout_id: Mapped[int] = mapped_column(ForeignKey("rollouts.id"), index=True)
+    at: Mapped[datetime]
+    actor: Mapped[str] = mapped_column(String(80))
+    action: Mapped[str] = mapped_column(String(40))
+    message: Mapped[str] = mapped_column(Text)
+    data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    rollout: Mapped[Rollout] = relationship(back_populates="log")
 
 
 class TufMetadata(Base):

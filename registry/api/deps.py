@@ -9,7 +9,9 @@ is (a route then checks the device may see what it asks for).
 Tokens travel as ``Authorization: Bearer <token>``. A token is tried, in
 order, as the bootstrap admin token (constant-time compare), as an API token,
 then as a device token, the last two by SHA-256. A revoked API or device
-token is refused with a message that says so.
+token is refused with a message that says so. A device enrolled before
+broker credentials existed gets its broker password hash here, the first
+time its token is seen (``registry.broker.remember_credential``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from fastapi import Depends, Header, Request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from registry.broker import remember_credential
 from registry.core.context import RegistryContext
 from registry.core.security import ADMIN_NAME, Caller, Role, hash_token
 from registry.errors import AuthError
@@ -92,6 +95,8 @@ def identify(context: RegistryContext, session: Session, token: str) -> Caller:
     if device is not None:
         if device.revoked_at is not None:
             raise AuthError(f"device {device.id!r} was revoked; enrol it again with a new id")
+        if remember_credential(device, token):
+            session.commit()  # enrolled before broker credentials: now it has one
         return Caller(f"device:{device.id}", device_id=device.id)
     raise AuthError(
         "unknown token; use an API token (`corral api-token create`), the admin token "

@@ -6,6 +6,7 @@
 ``ConflictError``                          409
 ``InvalidInputError``, ``ContractError``   422
 request validation (FastAPI)               422
+``BlobStoreError``                         503
 =========================================  ====
 
 Every answer is ``{"detail": "<message>"}`` with a message that says what to
@@ -21,6 +22,7 @@ from fastapi.responses import JSONResponse
 from corral.errors import ContractError, CorralError
 from registry.errors import (
     AuthError,
+    BlobStoreError,
     ConflictError,
     InvalidInputError,
     NotFoundError,
@@ -35,6 +37,7 @@ STATUS: dict[type[CorralError], int] = {
     ConflictError: 409,
     InvalidInputError: 422,
     ContractError: 422,
+    BlobStoreError: 503,
 }
 
 

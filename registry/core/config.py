@@ -12,6 +12,7 @@ import hashlib
 import os
 import secrets
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -41,12 +42,33 @@ class Settings(BaseSettings):
     #: subscription ``$share/<group>/...`` (the broker hands each message to one of
     #: them). None: MQTT 3.1.1 and a plain subscription, as a lone registry needs.
     mqtt_shared_group: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    #: MQTT 5 (persistent sessions that expire) or 3.1.1 (brokers without 5, e.g. amqtt).
+    mqtt_protocol: Literal["5", "3.1.1"] = "5"
+    #: How long the broker keeps queueing for this registry while it is away (MQTT 5).
+    mqtt_session_expiry_s: int = Field(default=24 * 3600, ge=0)
+    #: The registry's broker account (registry.broker); None connects anonymously.
+    mqtt_username: str | None = None
+    mqtt_password: SecretStr | None = None
     admin_token: SecretStr | None = None
     #: Local mode allows a generated admin token; turn off for shared deployments.
     local: bool = True
     enrolment_ttl_s: int = Field(default=3600, gt=0, le=30 * 24 * 3600)
+    #: How often the rollout engine advances active rollouts (registry.rollout).
+    rollout_interval_s: float = Field(default=2.0, gt=0)
+    #: Refuse production rollouts of a version with no passed, approved staging rollout.
+    require_staging: bool = False
     #: How often the TUF refresher looks at snapshot and timestamp expiry.
     tuf_refresh_interval_s: float = Field(default=600.0, gt=0)
+    #: Where model files live: ``local`` (``data_dir/blobs``) or ``s3``, an
+    #: S3-compatible bucket (registry.s3blobs); credentials come from boto3's own
+    #: chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, a profile, a pod role).
+    blob_store: Literal["local", "s3"] = "local"
+    s3_bucket: str | None = None
+    #: None for AWS itself; e.g. http://minio:9000 for another S3-compatible store.
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    #: Key prefix of the blobs in the bucket, so one bucket can hold several registries.
+    s3_prefix: str = Field(default="blobs/", pattern=r"^([A-Za-z0-9._-]+/)*$")
 
     @property
     def sqlalchemy_url(self) -> str:

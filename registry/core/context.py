@@ -15,11 +15,12 @@ from sqlalchemy import Engine
 
 from corral.payloads import encode
 from corral.topics import topic
-from registry.blobstore import BlobStore
+from registry.blobstore import BlobStorage, BlobStore
 from registry.core.config import Settings
 from registry.core.db import SessionFactory, make_engine, make_session_factory, migrate
 from registry.ingest import Ingest
 from registry.mqtt import MqttBridge
+from registry.rollout import Hint, Rollouts
 from registry.signing import TufRefresher, TufRepository
 
 __all__ = ["RegistryContext"]
@@ -34,12 +35,13 @@ class RegistryContext:
     settings: Settings
     engine: Engine
     sessions: SessionFactory
-    blobs: BlobStore
+    blobs: BlobStorage
     tuf: TufRepository
     ingest: Ingest
     bridge: MqttBridge
     refresher: TufRefresher
     admin_token: str
+    rollouts: Rollouts
 
     @classmethod
     def build(cls, settings: Settings) -> RegistryContext:
@@ -52,8 +54,9 @@ class RegistryContext:
             The context, not yet started.
 
         Raises:
-            ConfigError: unusable settings (no admin token outside local mode, or
-                keys that the stored root does not trust).
+            ConfigError: unusable settings (no admin token outside local mode,
+                keys that the stored root does not trust, or an S3 bucket that
+                cannot be reached).
             sqlalchemy.exc.SQLAlchemyError: the database cannot be opened or migrated.
             alembic.util.CommandError: a newer registry migrated the database.
         """
@@ -71,17 +74,28 @@ class RegistryContext:
             settings.client_id,
             ingest.submit,
             shared_group=settings.mqtt_shared_group,
+            protocol=settings.mqtt_protocol,
+            session_expiry_s=settings.mqtt_session_expiry_s,
+            username=settings.mqtt_username,
+            password=settings.mqtt_password.get_secret_value() if settings.mqtt_password else None,
         )
+        publish = _Publisher(bridge)
         return cls(
             settings=settings,
             engine=engine,
             sessions=sessions,
-            blobs=BlobStore(settings.data_dir / "blobs"),
+            blobs=_blob_storage(settings),
             tuf=tuf,
             ingest=ingest,
             bridge=bridge,
             refresher=TufRefresher(tuf, settings.tuf_refresh_interval_s),
             admin_token=admin_token,
+            rollouts=Rollouts(
+                sessions,
+                publish,
+                interval_s=settings.rollout_interval_s,
+                require_staging=settings.require_staging,
+            ),
         )
 
     def start(self) -> None:
@@ -89,9 +103,11 @@ class RegistryContext:
         self.ingest.start()
         self.bridge.start()
         self.refresher.start()
+        self.rollouts.start()
 
     def stop(self) -> None:
         """Stop in reverse order; queued messages are stored before ingest stops."""
+        self.rollouts.stop()
         self.refresher.stop()
         self.bridge.stop()
         self.ingest.stop()
@@ -114,5 +130,25 @@ class RegistryContext:
         Raises:
             PayloadError: the device id is not valid for topics.
         """
-        payload = encode("desired", device_id, seq, {"model": model, "version": version})
-        return self.bridge.publish(topic(device_id, "desired"), payload, retain=True)
+        return _Publisher(self.bridge)(Hint(device_id, seq, model, version))
+
+
+class _Publisher:
+    """Sends the rollout engine's desired hints through the MQTT bridge."""
+
+    def __init__(self, bridge: MqttBridge) -> None:
+        self.bridge = bridge
+
+    def __call__(self, hint: Hint) -> bool:
+        payload = encode(
+            "desired", hint.device_id, hint.seq, {"model": hint.model, "version": hint.version}
+        )
+        return self.bridge.publish(topic(hint.device_id, "desired"), payload, retain=True)
+
+
+def _blob_storage(settings: Settings) -> BlobStorage:
+    if settings.blob_store == "s3":
+        from registry.s3blobs import S3BlobStore  # boto3 only where it is used
+
+        return S3BlobStore.from_settings(settings)
+    return BlobStore(settings.data_dir / "blobs")

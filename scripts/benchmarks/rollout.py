@@ -69,7 +69,7 @@ def bench_rollout(workdir: Path) -> list[Figure]:
             client.push_model(tiny_bundle(workdir / "b1", "1.0.0"))
         registry = _registry_process()
         base_s, base_fleet, _ = _rollout(local, BASELINE_N, "1.0.0", workdir / "base")
-        base_fleet.stop()  # type: ignore[attr-defined]
+        base_fleet.stop(forget=True)  # type: ignore[attr-defined]
         registry.cpu_percent(None)
         big_s, fleet, ids = _rollout(local, n, "1.0.0", workdir / "big")
         cpu_rollout = registry.cpu_percent(None)
@@ -80,7 +80,7 @@ def bench_rollout(workdir: Path) -> list[Figure]:
             after, t1 = _stored(client, ids), time.perf_counter()
         cpu_steady = registry.cpu_percent(None)
         summary = fleet.summary()  # type: ignore[attr-defined]
-        fleet.stop()  # type: ignore[attr-defined]
+        fleet.stop(forget=True)  # type: ignore[attr-defined]
     per_agent, base_per_agent = big_s / n, base_s / BASELINE_N
     rate = (after - before) / (t1 - t0)
     offered = n * 2 / 2.0

@@ -137,7 +137,7 @@ def test_twenty_simulated_agents_roll_out_without_seq_gaps(local: LocalFleet) ->
         # Windows of the new version reach the registry (the ok cohort reports 0.9).
         local.wait_for("accuracy windows", lambda: _accuracy_seen(local, ok[0], "1.1.0"), 30)
     finally:
-        fleet.stop()
+        fleet.stop(forget=True)
 
     # After a clean stop every message is acknowledged; the registry stored them all.
     last = {a.device_id: a.last_seq for a in fleet.agents}

@@ -185,6 +185,7 @@ def registry(tmp_path: Path, database_url: str) -> Iterator[RunningRegistry]:
         database_url=database_url,
         public_url=url,
         mqtt_client_id=f"corral-registry-test-{uuid.uuid4().hex[:8]}",
+        mqtt_session_expiry_s=60,
     )
     app = create_app(settings)
     server = uvicorn.Server(

@@ -4,9 +4,10 @@ The admin creates a token (shown once, stored as its SHA-256). An agent sends
 it with its device id; in one transaction the token is marked used (only if
 it still is unused and unexpired, so two racing uses cannot both win) and the
 device is created with a fresh random token, of which again only the hash is
-kept. The device starts with the site, group and tags the token was made
-with. The answer carries what the agent needs from then on: its token, the
-broker, and the TUF root it pins. Both steps are written to the audit log in
+kept, and its hash in Mosquitto's format for the broker's password file
+(``registry.broker``). The device starts with the site, group and tags the
+token was made with. The answer carries what the agent needs from then on:
+its token, the broker, and the TUF root it pins. Both steps are written to the audit log in
 their own transaction (the enrolment as ``device:<id>``).
 """
 
@@ -22,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from registry import audit
 from registry._time import as_utc, iso, utcnow
 from registry.api.deps import AdminDep, ContextDep, SessionDep, hash_token
+from registry.broker import hash_password
 from registry.errors import AuthError, ConflictError
 from registry.schemas import (
     EnrolmentTokenRequest,
@@ -117,6 +119,7 @@ def enrol(body: EnrolRequest, context: ContextDep, session: SessionDep) -> Enrol
         Device(
             id=body.device_id,
             token_hash=hash_token(device_token),
+            mqtt_password_hash=hash_password(device_token),
             profile=body.profile,
             facts=body.facts,
             agent_version=body.agent_version,

@@ -1,40 +1,90 @@
-"""Rollouts (skeleton): set devices' desired version and hint it over MQTT.
+"""Rollouts: start one from a plan, watch it, approve, pause, resume or abort it.
 
-Creating a rollout, in order: check the version and every device exist (404
-otherwise, nothing changed); in one transaction set each device's desired
-model and version, bump its desired-hint seq and record the rollout; after
-the commit, publish each device's retained ``desired`` hint (QoS 1). The
-database is the truth: an agent that missed the hint still finds its desired
-version at ``GET /api/v1/devices/{id}/desired``. Stages, gates, pause and
-rollback are a later issue.
+The rules live in :mod:`registry.rollout`; these routes check roles, run one
+engine operation in the request's transaction, record it in the audit log,
+commit, and only then publish the desired hints the operation decided.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, status
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from registry import audit
-from registry._time import iso, utcnow
+from registry._time import iso
 from registry.api.deps import ContextDep, OperatorDep, SessionDep, ViewerDep
-from registry.errors import ConflictError, NotFoundError
-from registry.schemas import RolloutDeviceOut, RolloutOut, RolloutRequest
-from registry.tables import Device, ModelVersion, Rollout, RolloutDevice
+from registry.errors import NotFoundError
+from registry.rollout import RolloutPlan
+from registry.schemas import (
+    RolloutDeviceOut,
+    RolloutLogOut,
+    RolloutNote,
+    RolloutOut,
+    RolloutRequest,
+    RolloutStageOut,
+)
+from registry.tables import Rollout
 
-__all__ = ["router"]
+__all__ = ["rollout_out", "router"]
 
 router = APIRouter(prefix="/api/v1/rollouts", tags=["rollouts"])
 
+_FAILED = ("failed", "timeout", "stuck")
 
-def _out(rollout: Rollout) -> RolloutOut:
+
+def _stage_status(rollout: Rollout, index: int, decision: str | None) -> str:
+    if index > rollout.stage:
+        return "pending"
+    if index < rollout.stage or rollout.state == "succeeded":
+        return "passed"
+    if decision == "fail":
+        return "failed"
+    if rollout.state == "waiting_approval":
+        return "passed"
+    return "active"
+
+
+def rollout_out(rollout: Rollout) -> RolloutOut:
+    """The API view of a rollout (also used by the console)."""
+    plan = RolloutPlan.model_validate(rollout.plan)
+    gates: dict[str, Any] = rollout.gates or {}
+    stages = []
+    for i, stage in enumerate(plan.stages):
+        members = [rd for rd in rollout.devices if rd.stage == i]
+        record = gates.get(str(i))
+        stages.append(
+            RolloutStageOut(
+                index=i,
+                name=stage.name,
+                size=stage.size,
+                devices=len(members),
+                converged=sum(1 for rd in members if rd.state == "converged"),
+                failed=sum(1 for rd in members if rd.state in _FAILED),
+                status=_stage_status(rollout, i, record.get("decision") if record else None),
+                gates=record,
+            )
+        )
     return RolloutOut(
         id=rollout.id,
         model=rollout.model,
         version=rollout.version,
         created_at=iso(rollout.created_at) or "",
+        created_by=rollout.created_by,
+        environment=rollout.environment,
+        state=rollout.state,
+        reason=rollout.reason,
+        stage=rollout.stage,
+        plan=rollout.plan,
+        stages=stages,
         devices=[
             RolloutDeviceOut(
                 device_id=rd.device.id,
+                stage=rd.stage,
+                progress=rd.state,
+                previous_version=rd.previous_version,
+                reason=rd.reason,
                 desired_model=rd.device.desired_model,
                 desired_version=rd.device.desired_version,
                 reported_model=rd.device.model,
@@ -42,7 +92,13 @@ def _out(rollout: Rollout) -> RolloutOut:
                 state=rd.device.state,
                 done=(rd.device.model, rd.device.version) == (rollout.model, rollout.version),
             )
-            for rd in sorted(rollout.devices, key=lambda rd: rd.device_id)
+            for rd in sorted(rollout.devices, key=lambda rd: (rd.stage, rd.device_id))
+        ],
+        log=[
+            RolloutLogOut(
+                at=iso(e.at) or "", actor=e.actor, action=e.action, message=e.message, data=e.data
+            )
+            for e in rollout.log
         ],
     )
 
@@ -51,65 +107,31 @@ def _out(rollout: Rollout) -> RolloutOut:
 def create_rollout(
     body: RolloutRequest, operator: OperatorDep, context: ContextDep, session: SessionDep
 ) -> RolloutOut:
-    """Move devices (all when ``devices`` is null) to a model version.
-
-    Revoked devices are left out of "all"; naming one is a conflict.
+    """Start a rollout from a plan (see ``RolloutRequest``).
 
     Raises:
         AuthError: not an operator.
-        NotFoundError: the version or a device does not exist.
-        ConflictError: a named device is revoked.
+        NotFoundError: the version or a named device does not exist.
+        ConflictError: a named device is revoked, devices are in another active
+            rollout, or a required staging rollout is missing.
+        InvalidInputError: no device matches the selector.
     """
-    version = session.scalar(
-        select(ModelVersion.id).where(
-            ModelVersion.name == body.model, ModelVersion.version == body.version
-        )
-    )
-    if version is None:
-        raise NotFoundError(
-            f"no model {body.model} {body.version}; push it first (`corral model push`)"
-        )
-    if body.devices is None:
-        active = select(Device).where(Device.revoked_at.is_(None)).order_by(Device.id)
-        devices = list(session.scalars(active))
-    else:
-        wanted = sorted(set(body.devices))
-        devices = list(session.scalars(select(Device).where(Device.id.in_(wanted))))
-        if missing := sorted(set(wanted) - {d.id for d in devices}):
-            raise NotFoundError(f"no enrolled device(s) {missing}; check the ids")
-        if revoked := sorted(d.id for d in devices if d.revoked_at is not None):
-            raise ConflictError(f"device(s) {revoked} are revoked; leave them out")
-    ids = [d.id for d in devices]
-    # One UPDATE bumps every seq, so two rollouts at once cannot hand out the same seq.
-    session.execute(
-        update(Device)
-        .where(Device.id.in_(ids))
-        .values(
-            desired_model=body.model,
-            desired_version=body.version,
-            desired_seq=Device.desired_seq + 1,
-        )
-        .execution_options(synchronize_session="fetch")
-    )
-    rollout = Rollout(model=body.model, version=body.version, created_at=utcnow())
-    for device in devices:
-        session.refresh(device)
-        rollout.devices.append(RolloutDevice(device=device, desired_seq=device.desired_seq))
-    session.add(rollout)
-    session.flush()
+    plan, supersede = body.plan()
+    rollout, hints = context.rollouts.create(session, plan, operator.name, supersede=supersede)
     audit.record(
         session,
         operator,
         "rollout.create",
         f"rollout:{rollout.id}",
-        model=body.model,
-        version=body.version,
-        devices=ids,
+        model=plan.model,
+        version=plan.version,
+        devices=[rd.device_id for rd in rollout.devices],
+        stages=len(plan.stages),
+        mode=plan.mode.value,
     )
     session.commit()
-    for device in devices:
-        context.publish_desired(device.id, device.desired_seq, body.model, body.version)
-    return _out(rollout)
+    context.rollouts.send(hints)
+    return rollout_out(rollout)
 
 
 @router.get("", response_model=list[RolloutOut])
@@ -119,12 +141,12 @@ def list_rollouts(_viewer: ViewerDep, session: SessionDep) -> list[RolloutOut]:
     Raises:
         AuthError: not a viewer.
     """
-    return [_out(r) for r in session.scalars(select(Rollout).order_by(Rollout.id.desc()))]
+    return [rollout_out(r) for r in session.scalars(select(Rollout).order_by(Rollout.id.desc()))]
 
 
 @router.get("/{rollout_id}", response_model=RolloutOut)
 def get_rollout(rollout_id: int, _viewer: ViewerDep, session: SessionDep) -> RolloutOut:
-    """One rollout with each device's desired and reported version.
+    """One rollout with its stages, gate numbers, devices and decision log.
 
     Raises:
         AuthError: not a viewer.
@@ -132,5 +154,91 @@ def get_rollout(rollout_id: int, _viewer: ViewerDep, session: SessionDep) -> Rol
     """
     rollout = session.get(Rollout, rollout_id)
     if rollout is None:
-        raise NotFoundError(f"no rollout {rollout_id}; `corral rollout status` lists the newest")
-    return _out(rollout)
+        raise NotFoundError(f"no rollout {rollout_id}; `corral rollout list` shows them")
+    return rollout_out(rollout)
+
+
+@router.post("/{rollout_id}/approve", response_model=RolloutOut)
+def approve_rollout(
+    rollout_id: int,
+    body: RolloutNote,
+    operator: OperatorDep,
+    context: ContextDep,
+    session: SessionDep,
+) -> RolloutOut:
+    """Approve the stage a rollout waits at, or sign off a finished staging rollout.
+
+    Raises:
+        AuthError: not an operator.
+        NotFoundError: no such rollout.
+        ConflictError: nothing waits for approval.
+    """
+    rollout, hints = context.rollouts.approve(session, rollout_id, operator.name, body.note)
+    audit.record(session, operator, "rollout.approve", f"rollout:{rollout_id}", note=body.note)
+    session.commit()
+    context.rollouts.send(hints)
+    return rollout_out(rollout)
+
+
+@router.post("/{rollout_id}/pause", response_model=RolloutOut)
+def pause_rollout(
+    rollout_id: int,
+    body: RolloutNote,
+    operator: OperatorDep,
+    context: ContextDep,
+    session: SessionDep,
+) -> RolloutOut:
+    """Stop advancing a rollout; devices already installing finish.
+
+    Raises:
+        AuthError: not an operator.
+        NotFoundError: no such rollout.
+        ConflictError: it is not running.
+    """
+    rollout = context.rollouts.pause(session, rollout_id, operator.name, body.note)
+    audit.record(session, operator, "rollout.pause", f"rollout:{rollout_id}", note=body.note)
+    session.commit()
+    return rollout_out(rollout)
+
+
+@router.post("/{rollout_id}/resume", response_model=RolloutOut)
+def resume_rollout(
+    rollout_id: int,
+    body: RolloutNote,
+    operator: OperatorDep,
+    context: ContextDep,
+    session: SessionDep,
+) -> RolloutOut:
+    """Go on with a paused rollout.
+
+    Raises:
+        AuthError: not an operator.
+        NotFoundError: no such rollout.
+        ConflictError: it is not paused.
+    """
+    rollout = context.rollouts.resume(session, rollout_id, operator.name, body.note)
+    audit.record(session, operator, "rollout.resume", f"rollout:{rollout_id}", note=body.note)
+    session.commit()
+    return rollout_out(rollout)
+
+
+@router.post("/{rollout_id}/abort", response_model=RolloutOut)
+def abort_rollout(
+    rollout_id: int,
+    body: RolloutNote,
+    operator: OperatorDep,
+    context: ContextDep,
+    session: SessionDep,
+) -> RolloutOut:
+    """Stop a rollout and send every moved device back to the version it had.
+
+    Raises:
+        AuthError: not an operator.
+        NotFoundError: no such rollout.
+        ConflictError: it already ended.
+    """
+    rollout, hints = context.rollouts.abort(session, rollout_id, operator.name, body.note)
+    audit.record(session, operator, "rollout.abort", f"rollout:{rollout_id}", note=body.note)
+    session.commit()
+    context.rollouts.send(hints)
+    return rollout_out(rollout)

@@ -2,11 +2,11 @@
 
 Metadata is served byte for byte as signed. Targets are served by the
 SHA-256 in their consistent-snapshot name (``.../{sha256}.{file}``) straight
-from the blob store, as they are on disk: the agent's TUF client checks
-length and hash and refuses a tampered blob. Per-device access control is a
+from the blob store (local or S3), as they are stored: the agent's TUF client
+checks length and hash and refuses a tampered blob. Per-device access control is a
 later issue.
 
-Targets are streamed from the blob file and resumable (RFC 9110):
+Targets are streamed from the blob store and resumable (RFC 9110):
 
 - ``ETag`` is the strong validator ``"<sha256>"`` (the content's name);
   ``If-None-Match`` naming it (or ``*``) answers 304;
@@ -21,8 +21,6 @@ Targets are streamed from the blob file and resumable (RFC 9110):
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Header
@@ -39,7 +37,6 @@ _VERSIONED = re.compile(r"^([1-9][0-9]{0,9})\.(root|targets|snapshot)\.json$")
 _UNVERSIONED = re.compile(r"^(root|timestamp)\.json$")
 _HASHED = re.compile(r"^([0-9a-f]{64})\.[A-Za-z0-9._-]+$")
 _RANGE = re.compile(r"^bytes=([0-9]{0,19})-([0-9]{0,19})$")
-_CHUNK = 1 << 20
 
 
 @router.get("/metadata/{name}")
@@ -93,18 +90,6 @@ class _RangeNotSatisfiableError(Exception):
     """The requested range lies outside the file."""
 
 
-def _stream(path: Path, start: int, end: int) -> Iterator[bytes]:
-    with path.open("rb") as handle:
-        handle.seek(start)
-        left = end - start + 1
-        while left > 0:
-            chunk = handle.read(min(_CHUNK, left))
-            if not chunk:
-                return  # the blob shrank under us: the client sees a short body
-            left -= len(chunk)
-            yield chunk
-
-
 @router.get("/targets/{path:path}")
 def target(
     path: str,
@@ -119,11 +104,14 @@ def target(
         NotFoundError: the name has no digest prefix, or no such blob is stored.
     """
     match = _HASHED.match(path.rsplit("/", 1)[-1])
-    if match is None or not context.blobs.exists(match.group(1)):
-        raise NotFoundError(f"no target {path!r}; targets are named .../<sha256>.<file>")
+    missing = NotFoundError(f"no target {path!r}; targets are named .../<sha256>.<file>")
+    if match is None:
+        raise missing
     digest = match.group(1)
-    blob = context.blobs.path(digest)
-    length = blob.stat().st_size
+    try:
+        length = context.blobs.length(digest)
+    except NotFoundError as e:
+        raise missing from e
     etag = f'"{digest}"'
     headers = {"ETag": etag, "Accept-Ranges": "bytes", "Cache-Control": "public, immutable"}
     if if_none_match is not None and (
@@ -145,7 +133,7 @@ def target(
         headers["Content-Range"] = f"bytes {start}-{end}/{length}"
     headers["Content-Length"] = str(end - start + 1)
     return StreamingResponse(
-        _stream(blob, start, end),
+        context.blobs.read(digest, start, end),
         status_code=status,
         media_type="application/octet-stream",
         headers=headers,
