@@ -13,6 +13,10 @@ The flow, one module per step::
     export.py   ONNX export, ONNX Runtime parity check, bundle directory
     report.py   report.json, report.md and pictures beside the bundle
     search.py   grid/random hyperparameter search, chosen on the validation split
+    distributed.py  torchrun / DistributedDataParallel on gloo; only rank 0 writes
+    tracking.py optional MLflow tracking: params, per-epoch metrics, artifacts, trials
+    pipeline.py data -> train or search -> bundle, report, MLflow run (one run)
+    retraining.py  retrain(): a parent bundle's config, data (+ new data), weights
     cli.py      ``corral train``
 
 The public names below load lazily (PEP 562): ``from trainer.cli import train``
@@ -35,16 +39,21 @@ if _TYPE_CHECKING:
         content_hash,
         fit_image,
         load_dataset,
+        merge_datasets,
         parse_classes,
         preprocess,
         split_of,
         write_image_folder,
     )
+    from trainer.distributed import process_group
     from trainer.errors import (
         DatasetError,
+        DistributedError,
         ExportError,
+        ParentModelError,
         ParityError,
         QuantizationError,
+        TrackingError,
         TrainConfigError,
         TrainerError,
         UnsafePickleError,
@@ -58,7 +67,7 @@ if _TYPE_CHECKING:
         write_bundle,
     )
     from trainer.ingest import IngestReport, ingest_images, list_sources, load_image
-    from trainer.lineage import code_version, lineage_for
+    from trainer.lineage import code_version, dataset_summary, dependency_versions, lineage_for
     from trainer.metrics import (
         ClassMetrics,
         Evaluation,
@@ -69,10 +78,20 @@ if _TYPE_CHECKING:
         softmax,
     )
     from trainer.model import AnimalNet
+    from trainer.pipeline import Packaged, TrainingData, load_training_data, train_and_package
     from trainer.quantize import Int8Report, quantize_int8
     from trainer.report import write_report
+    from trainer.retraining import (
+        Parent,
+        initial_weights,
+        load_parent,
+        parent_config,
+        retrain,
+        weights_from_onnx,
+    )
     from trainer.search import SearchResult, Trial, run_search
     from trainer.source import ANIMAL_CLASSES, load_animal_mnist, restricted_loads
+    from trainer.tracking import MlflowTracker, NullTracker, Tracker, open_tracker
     from trainer.train import (
         EpochStats,
         TrainConfig,
@@ -92,16 +111,21 @@ _WHERE = {
         "content_hash",
         "fit_image",
         "load_dataset",
+        "merge_datasets",
         "parse_classes",
         "preprocess",
         "split_of",
         "write_image_folder",
     ),
+    "distributed": ("process_group",),
     "errors": (
         "DatasetError",
+        "DistributedError",
         "ExportError",
+        "ParentModelError",
         "ParityError",
         "QuantizationError",
+        "TrackingError",
         "TrainConfigError",
         "TrainerError",
         "UnsafePickleError",
@@ -115,7 +139,7 @@ _WHERE = {
         "write_bundle",
     ),
     "ingest": ("IngestReport", "ingest_images", "list_sources", "load_image"),
-    "lineage": ("code_version", "lineage_for"),
+    "lineage": ("code_version", "dataset_summary", "dependency_versions", "lineage_for"),
     "metrics": (
         "ClassMetrics",
         "Evaluation",
@@ -126,10 +150,20 @@ _WHERE = {
         "softmax",
     ),
     "model": ("AnimalNet",),
+    "pipeline": ("Packaged", "TrainingData", "load_training_data", "train_and_package"),
     "quantize": ("Int8Report", "quantize_int8"),
     "report": ("write_report",),
+    "retraining": (
+        "Parent",
+        "initial_weights",
+        "load_parent",
+        "parent_config",
+        "retrain",
+        "weights_from_onnx",
+    ),
     "search": ("SearchResult", "Trial", "run_search"),
     "source": ("ANIMAL_CLASSES", "load_animal_mnist", "restricted_loads"),
+    "tracking": ("MlflowTracker", "NullTracker", "Tracker", "open_tracker"),
     "train": (
         "EpochStats",
         "TrainConfig",
@@ -148,20 +182,29 @@ __all__ = [
     "ClassMetrics",
     "Dataset",
     "DatasetError",
+    "DistributedError",
     "EpochStats",
     "Evaluation",
     "ExportError",
     "ExportReport",
     "IngestReport",
     "Int8Report",
+    "MlflowTracker",
+    "NullTracker",
+    "Packaged",
+    "Parent",
+    "ParentModelError",
     "ParityError",
     "QuantizationError",
     "Sample",
     "SearchResult",
+    "Tracker",
+    "TrackingError",
     "TrainConfig",
     "TrainConfigError",
     "TrainResult",
     "TrainerError",
+    "TrainingData",
     "Trial",
     "UnsafePickleError",
     "build_dataset",
@@ -171,6 +214,8 @@ __all__ = [
     "check_parity",
     "code_version",
     "content_hash",
+    "dataset_summary",
+    "dependency_versions",
     "drift_baseline",
     "evaluate",
     "evaluate_predictions",
@@ -178,21 +223,31 @@ __all__ = [
     "export_onnx",
     "fit_image",
     "ingest_images",
+    "initial_weights",
     "lineage_for",
     "list_sources",
     "load_animal_mnist",
     "load_dataset",
     "load_image",
+    "load_parent",
+    "load_training_data",
+    "merge_datasets",
+    "open_tracker",
+    "parent_config",
     "parse_classes",
     "predict_logits",
     "preprocess",
+    "process_group",
     "quantize_int8",
     "reliability",
     "restricted_loads",
+    "retrain",
     "run_search",
     "softmax",
     "split_of",
+    "train_and_package",
     "train_model",
+    "weights_from_onnx",
     "write_bundle",
     "write_image_folder",
     "write_report",

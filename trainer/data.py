@@ -48,6 +48,7 @@ __all__ = [
     "content_hash",
     "fit_image",
     "load_dataset",
+    "merge_datasets",
     "parse_classes",
     "preprocess",
     "split_of",
@@ -384,6 +385,73 @@ def load_dataset(
     check_input(color, image_size)
     images, labels = load_animal_mnist()
     return build_dataset(images, labels, kept, test_percent, validation_percent, color, image_size)
+
+
+def merge_datasets(base: Dataset, extra: Dataset) -> tuple[Dataset, dict[str, int]]:
+    """Add the samples of ``extra`` to ``base``; on a label conflict ``extra`` wins.
+
+    ``extra`` is the newer source, e.g. field feedback that a person labelled: an
+    image already in ``base`` under another label is taken as a correction. Each
+    sample keeps the split its hash gives, so merging never moves an old sample.
+
+    Args:
+        base: the data so far; its classes keep their order.
+        extra: the data to add; its classes must be among ``base``'s (it may have
+            fewer), and its input and split settings must be the same.
+
+    Returns:
+        The merged dataset (``source`` joins both with ``+``) and the counts
+        ``added`` (new samples), ``duplicates`` (already there with the same
+        label) and ``relabelled`` (already there with another label).
+
+    Raises:
+        TrainConfigError: ``extra`` has a class ``base`` does not, or other input
+            (colour, size) or split percentages.
+    """
+    unknown = [c for c in extra.classes if c not in base.classes]
+    if unknown:
+        raise TrainConfigError(
+            f"the new data has class {', '.join(unknown)}, which the model does not know "
+            f"(it knows {', '.join(base.classes)}); name the classes to train on explicitly"
+        )
+    settings = ("color", "image_size", "test_percent", "validation_percent")
+    differ = [k for k in settings if getattr(base, k) != getattr(extra, k)]
+    if differ:
+        shown = ", ".join(f"{k} {getattr(base, k)} != {getattr(extra, k)}" for k in differ)
+        raise TrainConfigError(f"cannot merge datasets with different settings: {shown}")
+    remap = [base.classes.index(c) for c in extra.classes]
+    rows: dict[str, tuple[int, int, int]] = {  # hash -> (which, row, label)
+        s.hash: (0, row, s.label) for row, s in enumerate(base.samples)
+    }
+    counts = {"added": 0, "duplicates": 0, "relabelled": 0}
+    for row, sample in enumerate(extra.samples):
+        label = remap[sample.label]
+        seen = rows.get(sample.hash)
+        if seen is None:
+            counts["added"] += 1
+        elif seen[2] == label:
+            counts["duplicates"] += 1
+            continue
+        else:
+            counts["relabelled"] += 1
+        rows[sample.hash] = (1, row, label)
+    ordered = sorted(rows)
+    sources = (base.images, extra.images)
+    images = np.stack([sources[rows[h][0]][rows[h][1]] for h in ordered])
+    samples = tuple(
+        Sample(h, rows[h][2], split_of(h, base.test_percent, base.validation_percent))
+        for h in ordered
+    )
+    merged = Dataset(
+        base.classes,
+        base.test_percent,
+        samples,
+        images,
+        base.validation_percent,
+        base.color,
+        f"{base.source}+{extra.source}",
+    )
+    return merged, counts
 
 
 def preprocess(images: np.ndarray) -> np.ndarray:

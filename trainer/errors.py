@@ -5,12 +5,18 @@
     │                          class, bad bundle name or version, busy output dir)
     ├── DatasetError           the training data is missing, malformed or untrusted
     │   └── UnsafePickleError  a data file's pickle references a forbidden global
-    └── ExportError            the trained model could not be written as a bundle
-        ├── ParityError        ONNX Runtime and PyTorch disagree on the same inputs
-        └── QuantizationError  the INT8 variant loses too much accuracy
+    ├── ParentModelError       a model to retrain from cannot be used (no lineage,
+    │                          weights that do not reproduce its golden outputs)
+    ├── ExportError            the trained model could not be written as a bundle
+    │   ├── ParityError        ONNX Runtime and PyTorch disagree on the same inputs
+    │   └── QuantizationError  the INT8 variant loses too much accuracy
+    ├── TrackingError          the MLflow tracking server or store refused or failed
+    └── DistributedError       the training processes could not meet or disagree
 
 ``TrainConfigError`` is the user's to fix (the CLI exits with code 2); the others
-mean the environment or the trainer itself is at fault.
+mean the environment, the data or the trainer itself is at fault (exit code 1).
+Registry failures while fetching a parent model stay ``corral.errors.ApiError``
+and ``BundleError``, raised by the shared client.
 """
 
 from __future__ import annotations
@@ -19,9 +25,12 @@ from corral.errors import CorralError
 
 __all__ = [
     "DatasetError",
+    "DistributedError",
     "ExportError",
+    "ParentModelError",
     "ParityError",
     "QuantizationError",
+    "TrackingError",
     "TrainConfigError",
     "TrainerError",
     "UnsafePickleError",
@@ -42,6 +51,22 @@ class DatasetError(TrainerError):
 
 class UnsafePickleError(DatasetError):
     """A pickled data file references a global outside the allowed numpy names."""
+
+
+class ParentModelError(TrainerError):
+    """A model to retrain from cannot be used as asked.
+
+    Its bundle lacks the lineage a retrain needs, or (with ``--init-weights``) the
+    weights read from its ONNX file do not reproduce its golden outputs.
+    """
+
+
+class TrackingError(TrainerError):
+    """MLflow refused a tracking call or could not be reached; wraps its exception."""
+
+
+class DistributedError(TrainerError):
+    """The training processes could not form a group, or disagree on what to train."""
 
 
 class ExportError(TrainerError):

@@ -322,6 +322,7 @@ def ingest_images(
     image_size: int = IMAGE_SIZE,
     workers: int | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    allow_missing: bool = False,
 ) -> tuple[Dataset, IngestReport]:
     """Read an image folder or manifest into a content-addressed dataset.
 
@@ -336,6 +337,8 @@ def ingest_images(
         workers: decoding processes; by default one per CPU, ``1`` decodes in this
             process.
         on_progress: called with (images done, images listed) after each chunk.
+        allow_missing: accept a class of ``classes`` without any image, e.g. field
+            feedback for a few classes that will be merged onto the full data.
 
     Returns:
         The dataset and the report of what was kept and skipped.
@@ -343,7 +346,7 @@ def ingest_images(
     Raises:
         TrainConfigError: the source is not a folder or manifest, a setting is out
             of range, fewer than two classes remain, or a class named in
-            ``classes`` has no usable image.
+            ``classes`` has no usable image (unless ``allow_missing``).
         DatasetError: the manifest cannot be read, or no image could be used.
     """
     check_input(color, image_size)
@@ -392,7 +395,7 @@ def ingest_images(
         raise DatasetError(f"no usable image in {source}; {report.skipped} skipped")
     names = check_labels(names)
     empty = [name for name in names if name not in found]
-    if empty:
+    if empty and not allow_missing:
         raise TrainConfigError(
             f"no usable image of class {', '.join(empty)} in {source}; found {', '.join(found)}"
         )

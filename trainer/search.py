@@ -18,12 +18,12 @@ import itertools
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from trainer.data import Dataset
 from trainer.errors import TrainConfigError
-from trainer.train import TrainConfig, TrainResult, evaluate, train_model
+from trainer.train import EpochStats, TrainConfig, TrainResult, evaluate, train_model
 
 __all__ = ["SEARCH_MODES", "SEARCH_SPACE", "SearchResult", "Trial", "run_search"]
 
@@ -38,13 +38,18 @@ SEARCH_SPACE: dict[str, tuple[Any, ...]] = {
 
 @dataclass(frozen=True)
 class Trial:
-    """One point of the space and how it did on the validation split."""
+    """One point of the space and how it did on the validation split.
+
+    ``history`` (per-epoch figures, for MLflow's nested runs) stays out of
+    :meth:`to_dict`, so the lineage holds one line per trial.
+    """
 
     number: int
     params: dict[str, Any]
     validation_accuracy: float
     validation_macro_f1: float
     seconds: float
+    history: tuple[EpochStats, ...] = field(default=(), compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON values, for the lineage."""
@@ -133,6 +138,7 @@ def run_search(
             validation_accuracy=validation.accuracy,
             validation_macro_f1=validation.macro_f1,
             seconds=time.perf_counter() - started,
+            history=tuple(result.history),
         )
         done.append(trial)
         if on_trial is not None:

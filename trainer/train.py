@@ -9,10 +9,14 @@ The order of steps:
 3. Seed everything and switch PyTorch to deterministic algorithms and a fixed
    thread count, restoring the caller's settings afterwards: the same config and
    seed give the same weights and metrics on the same machine.
-4. Train with AdamW and a per-step cosine learning-rate schedule (without it the
+4. Start from fresh weights, or from the caller's (a retrain, see
+   :mod:`trainer.retraining`).
+5. Train with AdamW and a per-step cosine learning-rate schedule (without it the
    last epoch's test accuracy swung by a few points), augmenting each batch with
-   random horizontal flips and ±2 pixel roll shifts.
-5. Evaluate on the held-out test split.
+   random horizontal flips and ±2 pixel roll shifts. Under torchrun the network
+   is wrapped in DistributedDataParallel and each process trains on its share of
+   every global batch (:mod:`trainer.distributed`).
+6. Evaluate on the held-out test split.
 """
 
 from __future__ import annotations
@@ -20,9 +24,9 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -30,6 +34,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 
+from trainer import distributed
 from trainer.data import (
     COLORS,
     IMAGE_SIZE,
@@ -71,6 +76,8 @@ class TrainConfig:
     ``data`` says where the images come from: ``"animal-mnist"`` (the built-in
     set, whose class names are checked here) or the path of an image folder or
     manifest, ingested by :mod:`trainer.ingest` (any class names).
+    ``extra_data`` lists more image folders or manifests merged onto it, later
+    ones winning a label conflict (the field feedback a retrain adds).
 
     Raises:
         TrainConfigError: a value is out of range or a class is unknown.
@@ -91,10 +98,12 @@ class TrainConfig:
     color: str = "gray"
     image_size: int = IMAGE_SIZE
     threads: int = 2
+    extra_data: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check = parse_classes if self.data == "animal-mnist" else check_labels
         object.__setattr__(self, "classes", check(self.classes))
+        object.__setattr__(self, "extra_data", tuple(str(d) for d in self.extra_data))
         if self.epochs < 1:
             raise TrainConfigError(f"epochs should be at least 1, got {self.epochs}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -126,7 +135,35 @@ class TrainConfig:
         """The hyperparameters as plain JSON values."""
         out = asdict(self)
         out["classes"] = list(self.classes)
+        out["extra_data"] = list(self.extra_data)
         return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
+        """The config :meth:`to_dict` wrote, e.g. a bundle lineage's ``hyperparameters``.
+
+        Keys an older trainer did not write take their defaults.
+
+        Raises:
+            TrainConfigError: a key this trainer does not know (a newer trainer wrote
+                it, so its run cannot be repeated faithfully here), or a value the
+                config refuses.
+        """
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise TrainConfigError(
+                f"unknown training settings {unknown}; expected only {sorted(known)} "
+                "(was the model trained by a newer Corral?)"
+            )
+        values = dict(data)
+        for key in ("classes", "extra_data"):
+            if key in values:
+                values[key] = tuple(values[key])
+        try:
+            return cls(**values)
+        except TypeError as e:  # a value of the wrong type, e.g. a list for epochs
+            raise TrainConfigError(f"bad training settings {dict(data)}: {e}") from e
 
 
 @dataclass(frozen=True)
@@ -152,6 +189,8 @@ class TrainResult:
     history: list[EpochStats] = field(default_factory=list)
     seconds: float = 0.0
     search: dict[str, Any] | None = None  # the trials, when this run won a search
+    # More top-level lineage keys from the caller (a retrain's parent, the new data).
+    extra_lineage: dict[str, Any] = field(default_factory=dict)
 
 
 def check_fits(config: TrainConfig, dataset: Dataset) -> None:
@@ -242,33 +281,52 @@ def evaluate(model: nn.Module, dataset: Dataset, split: str = "test") -> Evaluat
     return replace(evaluation, ece=ece)
 
 
+def _batches(order: torch.Tensor, batch_size: int, world: int) -> Iterator[torch.Tensor]:
+    for start in range(0, len(order), batch_size):
+        index = order[start : start + batch_size]
+        if world > 1 and len(index) < 2 * world:
+            # Each process needs two samples for batch norm: borrow from the head.
+            index = torch.cat([index, order[: 2 * world - len(index)]])
+        yield index
+
+
 def train_model(
     config: TrainConfig,
     dataset: Dataset | None = None,
     on_epoch: Callable[[EpochStats], None] | None = None,
+    initial_state: Mapping[str, torch.Tensor] | None = None,
 ) -> TrainResult:
     """Train a model on the train split and evaluate it on the test split.
+
+    In a torch.distributed process group (torchrun, see :mod:`trainer.distributed`)
+    every process must call this with the same config and data; each trains on
+    its share of every batch and all return the same model and evaluation.
 
     Args:
         config: the hyperparameters.
         dataset: the data to train on; by default (only when ``config.data`` is
-            ``"animal-mnist"``) Animal-MNIST restricted to ``config.classes`` and
-            split and fitted as the config says.
+            ``"animal-mnist"`` and there is no ``extra_data``) Animal-MNIST
+            restricted to ``config.classes`` and split and fitted as the config says.
         on_epoch: called after each epoch, e.g. to move a progress bar.
+        initial_state: weights to start from (a ``state_dict`` of the config's
+            network) instead of a fresh initialisation.
 
     Returns:
         The model in eval mode, its test evaluation and the per-epoch history.
 
     Raises:
         TrainConfigError: the dataset's classes, colour or size differ from the
-            config's, or no dataset is given for data other than Animal-MNIST.
+            config's, no dataset is given for other data than Animal-MNIST alone,
+            or ``initial_state`` does not fit the config's network.
         DatasetError: the data cannot be read, or a split is empty.
+        DistributedError: the processes of the group hold different data.
     """
     started = time.perf_counter()
     if dataset is None:
-        if config.data != "animal-mnist":
+        if config.data != "animal-mnist" or config.extra_data:
             raise TrainConfigError(
-                f"ingest {config.data} with trainer.ingest and pass the dataset to train_model"
+                f"ingest {config.data} with trainer.ingest (or build the data with "
+                "trainer.pipeline.load_training_data) and pass the dataset to train_model"
             )
         dataset = load_dataset(
             config.classes,
@@ -278,48 +336,64 @@ def train_model(
             config.image_size,
         )
     check_fits(config, dataset)
+    distributed.check_same(dataset.version, "dataset version")
     images, labels = dataset.split("train")
     if len(images) == 0:
         raise DatasetError("the train split is empty; nothing to train on")
     x_train = torch.from_numpy(preprocess(images))
     y_train = torch.from_numpy(labels)
+    world = distributed.world()[1]
     history: list[EpochStats] = []
     with _deterministic(config.seed, config.threads):
         generator = torch.Generator().manual_seed(config.seed)
         model = config.build_model()
+        if initial_state is not None:
+            try:
+                model.load_state_dict(initial_state)
+            except RuntimeError as e:
+                raise TrainConfigError(
+                    f"the initial weights do not fit the configured network: {e}"
+                ) from e
+        net = distributed.wrap(model)
         optimizer = torch.optim.AdamW(
-            model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+            net.parameters(), lr=config.lr, weight_decay=config.weight_decay
         )
         steps = config.epochs * math.ceil(len(x_train) / config.batch_size)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
         for epoch in range(1, config.epochs + 1):
             epoch_started = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
-            model.train()
-            total_loss, correct = 0.0, 0
+            net.train()
+            total_loss, correct, seen = 0.0, 0, 0
             order = torch.randperm(len(x_train), generator=generator)
-            for start in range(0, len(order), config.batch_size):
-                index = order[start : start + config.batch_size]
-                batch, target = _augment(x_train[index], generator), y_train[index]
-                logits = model(batch)
+            for index in _batches(order, config.batch_size, world):
+                # Every process augments the whole global batch, so the generator
+                # stays in step across processes, then trains on its share.
+                mine = distributed.shard(index)
+                batch = _augment(x_train[index], generator)[mine]
+                target = y_train[index][mine]
+                logits = net(batch)
                 loss = functional.cross_entropy(logits, target)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 schedule.step()
-                total_loss += loss.item() * len(index)
+                total_loss += loss.item() * len(target)
                 correct += int((logits.argmax(dim=1) == target).sum())
+                seen += len(target)
+            total_loss, correct_sum, seen_sum = distributed.sum_across([total_loss, correct, seen])
             stats = EpochStats(
                 epoch=epoch,
                 epochs=config.epochs,
-                loss=total_loss / len(x_train),
-                train_accuracy=correct / len(x_train),
+                loss=total_loss / seen_sum,
+                train_accuracy=correct_sum / seen_sum,
                 lr=lr,
                 seconds=time.perf_counter() - epoch_started,
             )
             history.append(stats)
             if on_epoch is not None:
                 on_epoch(stats)
+        distributed.sync_buffers(model)
         evaluation = evaluate(model, dataset, "test")
     return TrainResult(
         config=config,

@@ -16,6 +16,7 @@ from trainer.data import (
     Dataset,
     build_dataset,
     content_hash,
+    merge_datasets,
     parse_classes,
     preprocess,
     split_of,
@@ -134,6 +135,50 @@ def test_one_image_with_two_labels_is_refused() -> None:
     image = _random_images(1, seed=3)
     with pytest.raises(DatasetError, match="labelled both cat and dog"):
         build_dataset(np.concatenate([image, image]), np.array([CAT, DOG]))
+
+
+# --- merging new data -------------------------------------------------------------------
+
+
+def test_merging_adds_new_images_and_newer_labels_win() -> None:
+    images = _random_images(6, seed=11)
+    base = build_dataset(images[:4], np.array([CAT, DOG, CAT, DOG]), test_percent=50)
+    # new: rows 4 and 5; row 0 again as a dog (a correction); row 1 again as a dog
+    extra = build_dataset(
+        np.concatenate([images[4:], images[:2]]),
+        np.array([DOG, DOG, DOG, DOG]),
+        ("dog", "cat"),  # its own label order; the merge maps by name
+        test_percent=50,
+    )
+    merged, counts = merge_datasets(base, extra)
+    assert counts == {"added": 2, "duplicates": 1, "relabelled": 1}
+    assert merged.classes == ("cat", "dog")
+    labels = {s.hash: merged.classes[s.label] for s in merged.samples}
+    assert labels[content_hash(images[0])] == "dog"
+    assert len(merged.samples) == 6
+    old = {s.hash: s.split for s in base.samples}
+    assert {s.hash: s.split for s in merged.samples if s.hash in old} == old
+    for sample, image in zip(merged.samples, merged.images, strict=True):
+        assert content_hash(image) == sample.hash  # pixels travel with their sample
+    assert merged.source == "animal-mnist/3+animal-mnist/3"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        pytest.param({"classes": ("cat", "zebra")}, "class zebra", id="unknown-class"),
+        pytest.param({"test_percent": 30}, "test_percent 20 != 30", id="other-split"),
+        pytest.param({"image_size": 32}, "image_size 28 != 32", id="other-input"),
+    ],
+)
+def test_merging_refuses_data_the_model_cannot_take(extra: dict[str, Any], message: str) -> None:
+    images = _random_images(4, seed=12)
+    labels = np.array([CAT, DOG, CAT, DOG])
+    base = build_dataset(images[:2], labels[:2])
+    settings: dict[str, Any] = {"classes": ("cat", "dog"), **extra}
+    other = build_dataset(images[2:], np.where(labels[2:] == DOG, ZEBRA, CAT), **settings)
+    with pytest.raises(TrainConfigError, match=message):
+        merge_datasets(base, other)
 
 
 # --- splits ----------------------------------------------------------------------------

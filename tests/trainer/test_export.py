@@ -124,9 +124,37 @@ def test_metrics_drift_baseline_and_lineage_describe_the_run(
     lineage = bundle.lineage
     assert lineage["dataset_version"] == trained.dataset.version
     assert lineage["hyperparameters"] == trained.config.to_dict()
-    assert set(lineage["dependencies"]) == {"torch", "onnx", "onnxruntime", "numpy"}
     assert lineage["code_dirty"] in (True, False, None)
+    assert lineage["world_size"] == 1
     assert bundle.compatibility["profiles"] == ["x86-cpu", "x86-nvidia", "jetson-orin"]
+
+
+def test_the_lineage_names_the_data_code_settings_and_every_library(
+    exported: ExportReport, bundle_dir: Path, trained: TrainResult
+) -> None:
+    import re
+
+    import corral
+
+    lineage = Bundle.load(bundle_dir).lineage
+    dataset = lineage["dataset"]
+    assert dataset["version"] == dataset["manifest_sha256"] == lineage["dataset_version"]
+    assert dataset["samples"] == len(trained.dataset.samples)
+    assert dataset["splits"]["test"] == trained.evaluation.samples
+    assert sum(dataset["splits"].values()) == dataset["samples"]
+    assert (dataset["source"], dataset["classes"]) == ("animal-mnist/3", ["cat", "dog"])
+    assert lineage["code_commit"] is None or re.fullmatch(r"[0-9a-f]{40}", lineage["code_commit"])
+    assert lineage["trainer_version"] == corral.__version__
+    assert set(lineage["dependencies"]) == {
+        "python",
+        "torch",
+        "onnx",
+        "onnxruntime",
+        "onnxscript",
+        "numpy",
+        "pillow",
+    }
+    assert lineage["dependencies"]["torch"].startswith("2.13.0")
 
 
 def test_parity_reports_a_tiny_difference(exported: ExportReport) -> None:

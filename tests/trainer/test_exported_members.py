@@ -12,16 +12,20 @@ import trainer
 MODULES = [
     "cli",
     "data",
+    "distributed",
     "errors",
     "export",
     "ingest",
     "lineage",
     "metrics",
     "model",
+    "pipeline",
     "quantize",
     "report",
+    "retraining",
     "search",
     "source",
+    "tracking",
     "train",
 ]
 

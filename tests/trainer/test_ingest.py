@@ -169,6 +169,13 @@ def test_a_named_class_without_images_is_refused(tmp_path: Path) -> None:
         ingest_images(tmp_path, classes=("cat", "unicorn"), workers=1)
 
 
+def test_feedback_for_some_classes_only_is_accepted_when_asked(tmp_path: Path) -> None:
+    _write_folder(tmp_path, range(4), labels=("dog",))
+    dataset, _ = ingest_images(tmp_path, classes=("cat", "dog"), workers=1, allow_missing=True)
+    assert dataset.classes == ("cat", "dog")
+    assert {s.label for s in dataset.samples} == {1}
+
+
 def test_one_class_is_not_enough(tmp_path: Path) -> None:
     _write_folder(tmp_path, range(4), labels=("cat",))
     with pytest.raises(TrainConfigError, match="at least two"):

@@ -60,3 +60,23 @@ def test_bad_configs_fail_before_any_work(change: dict[str, object], message: st
 def test_the_dataset_must_match_the_configured_classes(cat_dog: Dataset) -> None:
     with pytest.raises(TrainConfigError, match="differ"):
         train_model(TrainConfig(classes=("dog", "cat"), epochs=1), dataset=cat_dog)
+
+
+def test_a_config_reads_back_from_its_lineage_form() -> None:
+    config = TrainConfig(classes=("dog", "cat"), epochs=3, extra_data=("/data/feedback",))
+    assert TrainConfig.from_dict(config.to_dict()) == config
+    older = {k: v for k, v in config.to_dict().items() if k != "extra_data"}
+    assert TrainConfig.from_dict(older).extra_data == ()  # an older trainer's lineage
+
+
+@pytest.mark.parametrize(
+    ("recorded", "message"),
+    [
+        pytest.param({"mixup": 0.2}, r"unknown training settings \['mixup'\]", id="newer-key"),
+        pytest.param({"epochs": "many"}, "bad training settings", id="wrong-type"),
+        pytest.param({"epochs": 0}, "epochs should be at least 1", id="refused-value"),
+    ],
+)
+def test_recorded_configs_are_checked(recorded: dict[str, object], message: str) -> None:
+    with pytest.raises(TrainConfigError, match=message):
+        TrainConfig.from_dict({**TrainConfig().to_dict(), **recorded})
