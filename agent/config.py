@@ -13,13 +13,13 @@ import contextlib
 import json
 import logging
 import os
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from agent.errors import ConfigError
+from corral.profiles import default_profiles_dir
 
 __all__ = [
     "CONFIG_FILE",
@@ -48,23 +48,6 @@ _OPTIONAL: dict[str, type | tuple[type, ...]] = {
     "report_interval_s": (int, float),
     "poll_interval_s": (int, float),
 }
-
-
-def default_profiles_dir() -> Path:
-    """Where firmware profiles live when agent.json does not say.
-
-    Returns:
-        ``$CORRAL_PROFILES`` if set, else the checkout's ``firmware-profiles/`` (an
-        editable install), else the copy a wheel installs into
-        ``{sys.prefix}/share/corral/firmware-profiles``.
-    """
-    env = os.environ.get("CORRAL_PROFILES")
-    if env:
-        return Path(env)
-    checkout = Path(__file__).resolve().parents[1] / "firmware-profiles"
-    if checkout.is_dir():
-        return checkout
-    return Path(sys.prefix) / "share" / "corral" / "firmware-profiles"
 
 
 def fsync_dir(directory: Path) -> None:

@@ -159,6 +159,9 @@ class Window:
                 "recall": round(recall, 6),
                 "f1": round(f1, 6),
                 "support": support,
+                # The counts behind the ratios, so windows can be summed exactly.
+                "predicted": predicted,
+                "true_positives": tp,
             }
         accuracy = {
             "window_s": round(window_s, 3),

@@ -502,6 +502,8 @@ class SimulatedAgent:
                 "recall": round(float(recall), 6),
                 "f1": round(float(f1), 6),
                 "support": int(s),
+                "predicted": int(p),
+                "true_positives": int(tp),
             }
         correct = int(correct_per.sum())
         accuracy = {

@@ -12,6 +12,8 @@ Unknown keys are refused, so a typo in a profile fails loudly at load time.
 
 from __future__ import annotations
 
+import os
+import sys
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -20,7 +22,14 @@ from typing import Any
 
 from corral.errors import ProfileError
 
-__all__ = ["FirmwareProfile", "HardwareFacts", "load_profile", "load_profiles", "select_profile"]
+__all__ = [
+    "FirmwareProfile",
+    "HardwareFacts",
+    "default_profiles_dir",
+    "load_profile",
+    "load_profiles",
+    "select_profile",
+]
 
 _SECTIONS: dict[str, set[str]] = {
     "match": {"arch", "gpu", "tegra", "priority"},
@@ -155,6 +164,23 @@ class FirmwareProfile:
             target_fps=float(budget.get("target_fps", 10.0)),
             requirements={k: str(v) for k, v in data.get("requirements", {}).items()},
         )
+
+
+def default_profiles_dir() -> Path:
+    """Where firmware profiles live when nothing says otherwise.
+
+    Returns:
+        ``$CORRAL_PROFILES`` if set, else the checkout's ``firmware-profiles/`` (an
+        editable install), else the copy a wheel installs into
+        ``{sys.prefix}/share/corral/firmware-profiles``.
+    """
+    env = os.environ.get("CORRAL_PROFILES")
+    if env:
+        return Path(env)
+    checkout = Path(__file__).resolve().parents[1] / "firmware-profiles"
+    if checkout.is_dir():
+        return checkout
+    return Path(sys.prefix) / "share" / "corral" / "firmware-profiles"
 
 
 def load_profile(path: Path) -> FirmwareProfile:

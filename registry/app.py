@@ -14,6 +14,7 @@ from fastapi import FastAPI
 
 from registry.api.errors import install_error_handlers
 from registry.api.routes import (
+    alerts,
     aliases,
     audit,
     console,
@@ -66,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # aliases before models: /models/{name}/aliases must not match /models/{name}/{version}.
     routers = (
+        alerts,
         enrol,
         devices,
         aliases,

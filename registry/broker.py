@@ -49,6 +49,7 @@ from sqlalchemy.orm import Session
 
 from corral.errors import PayloadError
 from corral.topics import AGENT_KINDS, PREFIX, REGISTRY_KINDS, check_device_id
+from registry.alerts.engine import ALERT_TOPIC
 from registry.errors import ConfigError
 from registry.tables import Device
 
@@ -158,11 +159,12 @@ def acl_file(registry_user: str) -> str:
     lines += [f"pattern read {PREFIX}/%u/{kind}" for kind in REGISTRY_KINDS]
     lines += [
         "",
-        "# The registry reads every device topic and publishes desired versions.",
+        "# The registry reads every device topic, publishes desired versions and alerts.",
         f"user {registry_user}",
         f"topic read {PREFIX}/#",
     ]
     lines += [f"topic write {PREFIX}/+/{kind}" for kind in REGISTRY_KINDS]
+    lines += [f"topic write {ALERT_TOPIC}/#"]
     return "\n".join(lines) + "\n"
 
 

@@ -12,6 +12,7 @@
     alias_moves                    every move of an alias: who, when, from, to, why
     api_tokens                     named people/CI tokens with a role (sha256 only)
     audit_log                      every state change: who, what, target, when, details
+    alerts, silences               firing/resolved alerts per (rule, subject); mutes
     tuf_metadata                   every signed version of every TUF role
 
 Secrets (enrolment, device and API tokens) are stored as SHA-256 hex digests:
@@ -40,6 +41,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 __all__ = [
+    "Alert",
     "AliasMove",
     "ApiToken",
     "AuditEntry",
@@ -54,6 +56,7 @@ __all__ = [
     "Rollout",
     "RolloutDevice",
     "RolloutLogEntry",
+    "Silence",
     "TufMetadata",
 ]
 
@@ -293,6 +296,48 @@ class RolloutLogEntry(Base):
     message: Mapped[str] = mapped_column(Text)
     data: Mapped[dict[str, Any]] = mapped_column(default=dict)
     rollout: Mapped[Rollout] = relationship(back_populates="log")
+
+
+class Alert(Base):
+    """One firing (or resolved) alert: a rule about one subject, deduplicated while open.
+
+    ``subject`` is ``device:<id>``, ``rollout:<id>`` or ``fleet``; at most one
+    alert per (rule, subject) is open (``resolved_at`` null) at a time.
+    """
+
+    __tablename__ = "alerts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    rule: Mapped[str] = mapped_column(String(40), index=True)
+    subject: Mapped[str] = mapped_column(String(200), index=True)
+    severity: Mapped[str] = mapped_column(String(16))
+    message: Mapped[str] = mapped_column(Text)
+    value: Mapped[float | None] = mapped_column(Float)
+    threshold: Mapped[float | None] = mapped_column(Float)
+    data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    started_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime]
+    resolved_at: Mapped[datetime | None]
+    acknowledged_at: Mapped[datetime | None]
+    acknowledged_by: Mapped[str | None] = mapped_column(String(80))
+    silenced: Mapped[bool] = mapped_column(default=False)
+    # Delivery: "fired" and "resolved" once each, to the webhook and MQTT.
+    notified: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class Silence(Base):
+    """While active, matching alerts are still recorded but not delivered."""
+
+    __tablename__ = "silences"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    rule: Mapped[str | None] = mapped_column(String(40))
+    #: An exact subject, or a prefix ending in ``*`` (``device:park-*``); null: any.
+    subject: Mapped[str | None] = mapped_column(String(200))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    created_by: Mapped[str] = mapped_column(String(80))
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
 
 
 class TufMetadata(Base):

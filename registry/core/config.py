@@ -17,6 +17,7 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from registry.alerts.rules import AlertRules
 from registry.errors import ConfigError
 
 __all__ = ["Settings"]
@@ -27,7 +28,9 @@ ADMIN_TOKEN_FILE = "admin-token"
 class Settings(BaseSettings):
     """Everything the registry needs to know at start-up."""
 
-    model_config = SettingsConfigDict(env_prefix="CORRAL_", extra="forbid")
+    model_config = SettingsConfigDict(
+        env_prefix="CORRAL_", extra="forbid", env_nested_delimiter="__"
+    )
 
     data_dir: Path = Path(".corral/registry")
     #: SQLAlchemy URL; None means a SQLite file ``registry.db`` in ``data_dir``.
@@ -57,6 +60,8 @@ class Settings(BaseSettings):
     rollout_interval_s: float = Field(default=2.0, gt=0)
     #: Refuse production rollouts of a version with no passed, approved staging rollout.
     require_staging: bool = False
+    #: Alert rules and their thresholds (registry.alerts), e.g. CORRAL_ALERTS__MIN_ACCURACY=0.9.
+    alerts: AlertRules = Field(default_factory=AlertRules)
     #: How often the TUF refresher looks at snapshot and timestamp expiry.
     tuf_refresh_interval_s: float = Field(default=600.0, gt=0)
     #: Where model files live: ``local`` (``data_dir/blobs``) or ``s3``, an

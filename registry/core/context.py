@@ -15,6 +15,7 @@ from sqlalchemy import Engine
 
 from corral.payloads import encode
 from corral.topics import topic
+from registry.alerts import Alerts
 from registry.blobstore import BlobStorage, BlobStore
 from registry.core.config import Settings
 from registry.core.db import SessionFactory, make_engine, make_session_factory, migrate
@@ -42,6 +43,7 @@ class RegistryContext:
     refresher: TufRefresher
     admin_token: str
     rollouts: Rollouts
+    alerts: Alerts
 
     @classmethod
     def build(cls, settings: Settings) -> RegistryContext:
@@ -96,6 +98,11 @@ class RegistryContext:
                 interval_s=settings.rollout_interval_s,
                 require_staging=settings.require_staging,
             ),
+            alerts=Alerts(
+                sessions,
+                settings.alerts,
+                publish=lambda topic_, payload: bridge.publish(topic_, payload),
+            ),
         )
 
     def start(self) -> None:
@@ -104,9 +111,11 @@ class RegistryContext:
         self.bridge.start()
         self.refresher.start()
         self.rollouts.start()
+        self.alerts.start()
 
     def stop(self) -> None:
         """Stop in reverse order; queued messages are stored before ingest stops."""
+        self.alerts.stop()
         self.rollouts.stop()
         self.refresher.stop()
         self.bridge.stop()

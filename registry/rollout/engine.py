@@ -32,7 +32,7 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -55,6 +55,9 @@ from registry.tables import (
 __all__ = ["ACTIVE", "Hint", "Rollouts", "select_devices"]
 
 logger = logging.getLogger(__name__)
+
+# (device_id, kind, received_at, payload) of a messages row.
+_Row = tuple[str, str, datetime, dict[str, Any]]
 
 ACTIVE = ("running", "waiting_approval", "paused", "rolling_back")
 _MOVED = ("moving", "converged", "failed", "timeout")
@@ -804,8 +807,8 @@ class Rollouts:
                     Message.kind.in_(("inference", "accuracy", "telemetry")),
                     Message.received_at >= since,
                 )
-            ).tuples()
-            for device_id, kind, received, payload in rows:
+            ).all()
+            for device_id, kind, received, payload in cast("list[_Row]", rows):
                 rd = by_device[device_id]
                 at = as_utc(received)
                 version = payload.get("version")

@@ -26,6 +26,7 @@ from sqlalchemy.engine import make_url
 
 from corral.bundle import Bundle, BundleFile, InputSpec, OutputSpec
 from registry import RegistryContext, Settings, create_app
+from registry.alerts import AlertRules
 
 BROKER = ("127.0.0.1", 1883)
 POSTGRES = os.environ.get(
@@ -87,9 +88,12 @@ class RunningRegistry:
 
     @staticmethod
     def make_bundle(
-        name: str = "animals", version: str = "1.0.0", files: dict[str, bytes] | None = None
+        name: str = "animals",
+        version: str = "1.0.0",
+        files: dict[str, bytes] | None = None,
+        **extra: Any,
     ) -> tuple[bytes, dict[str, bytes]]:
-        return make_bundle(name, version, files)
+        return make_bundle(name, version, files, **extra)
 
     @staticmethod
     def unique_id(prefix: str = "dev") -> str:
@@ -101,9 +105,15 @@ class RunningRegistry:
 
 
 def make_bundle(
-    name: str = "animals", version: str = "1.0.0", files: dict[str, bytes] | None = None
+    name: str = "animals",
+    version: str = "1.0.0",
+    files: dict[str, bytes] | None = None,
+    **extra: Any,
 ) -> tuple[bytes, dict[str, bytes]]:
-    """bundle.json bytes and the files it lists (arbitrary bytes: the registry runs no model)."""
+    """bundle.json bytes and the files it lists (arbitrary bytes: the registry runs no model).
+
+    ``extra`` goes to :class:`Bundle` (``drift_baseline=...``, for example).
+    """
     files = files if files is not None else {"model.onnx": b"not really onnx " * 64}
     bundle = Bundle(
         name=name,
@@ -116,6 +126,7 @@ def make_bundle(
         metrics={"accuracy": 0.9},
         lineage={"dataset_version": "abc123"},
         created="2025-01-01T00:00:00Z",
+        **extra,
     )
     return bundle.to_bytes(), files
 
@@ -186,6 +197,8 @@ def registry(tmp_path: Path, database_url: str) -> Iterator[RunningRegistry]:
         public_url=url,
         mqtt_client_id=f"corral-registry-test-{uuid.uuid4().hex[:8]}",
         mqtt_session_expiry_s=60,
+        # Tests evaluate alerts themselves, at the moments they choose.
+        alerts=AlertRules(interval_s=3600),
     )
     app = create_app(settings)
     server = uvicorn.Server(
