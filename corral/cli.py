@@ -35,12 +35,16 @@ token_app = typer.Typer(no_args_is_help=True, help="One-time enrolment tokens fo
 api_token_app = typer.Typer(no_args_is_help=True, help="API tokens with a role, for people and CI.")
 alias_app = typer.Typer(no_args_is_help=True, help="Model aliases: production, staging, champion.")
 device_app = typer.Typer(no_args_is_help=True, help="Manage one device.")
+alerts_app = typer.Typer(
+    invoke_without_command=True, help="Fleet alerts: list, acknowledge, silence."
+)
 app.add_typer(model_app, name="model")
 app.add_typer(rollout_app, name="rollout")
 app.add_typer(token_app, name="token")
 app.add_typer(api_token_app, name="api-token")
 app.add_typer(alias_app, name="alias")
 app.add_typer(device_app, name="device")
+app.add_typer(alerts_app, name="alerts")
 
 console = Console()
 
@@ -363,9 +367,9 @@ def rollout_start(
         "require_staging": require_staging,
         "supersede": supersede,
     }
-    if stages is not None:
-        plan["stages"] = _stages_option(stages, soak, min_frames, min_labelled, stage_timeout)
     with _registry(registry, token) as client:
+        if stages is not None:
+            plan["stages"] = _stages_option(stages, soak, min_frames, min_labelled, stage_timeout)
         created = client.apply_rollout(plan)
         _started(created)
         if watch:
@@ -383,13 +387,13 @@ def rollout_apply(
     """Start a rollout from a plan file."""
     import tomllib
 
-    try:
-        plan = tomllib.loads(plan_file.read_text())
-    except OSError as e:
-        raise CorralError(f"cannot read {plan_file}: {e.strerror}") from e
-    except tomllib.TOMLDecodeError as e:
-        raise CorralError(f"{plan_file} is not valid TOML: {e}") from e
     with _registry(registry, token) as client:
+        try:
+            plan = tomllib.loads(plan_file.read_text())
+        except OSError as e:
+            raise CorralError(f"cannot read {plan_file}: {e.strerror}") from e
+        except tomllib.TOMLDecodeError as e:
+            raise CorralError(f"{plan_file} is not valid TOML: {e}") from e
         created = client.apply_rollout(plan)
         _started(created)
         if watch:
@@ -554,6 +558,73 @@ def rollout_compare(
             "yes" if d["significant"] else "no",
         )
     console.print(table)
+
+
+@alerts_app.callback()
+def alerts_list(
+    ctx: typer.Context,
+    state: Annotated[str, typer.Option(help="firing, resolved or all.")] = "firing",
+    rule: Annotated[str | None, typer.Option(help="Only this rule, e.g. drift.")] = None,
+    registry: Registry = None,
+    token: Token = None,
+) -> None:
+    """List alerts (firing ones by default)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    with _registry(registry, token) as client:
+        alerts = client.alerts(state=state, rule=rule)
+    if not alerts:
+        console.print(f"no {state if state != 'all' else ''} alerts".replace("  ", " "))
+        return
+    table = Table(title=f"Alerts ({state})")
+    for column in ("id", "severity", "rule", "subject", "since", "ack", "message"):
+        table.add_column(column)
+    for a in alerts:
+        severity = {"critical": "[red]critical[/]", "warning": "[yellow]warning[/]"}.get(
+            a["severity"], a["severity"]
+        )
+        table.add_row(
+            str(a["id"]),
+            severity + (" (silenced)" if a["silenced"] else ""),
+            a["rule"],
+            a["subject"],
+            (a["started_at"] or "")[:19],
+            _fmt(a["acknowledged_by"]),
+            a["message"],
+        )
+    console.print(table)
+
+
+@alerts_app.command("ack")
+def alerts_ack(
+    alert_id: Annotated[int, typer.Argument(help="Alert id.")],
+    note: Annotated[str, typer.Option(help="What you are doing about it.")] = "",
+    registry: Registry = None,
+    token: Token = None,
+) -> None:
+    """Acknowledge an alert (it resolves by itself when its rule stops holding)."""
+    with _registry(registry, token) as client:
+        alert = client.ack_alert(alert_id, note)
+    console.print(f"alert {alert_id} ({alert['rule']} on {alert['subject']}) acknowledged")
+
+
+@alerts_app.command("silence")
+def alerts_silence(
+    reason: Annotated[str, typer.Option(help="Why (kept with the silence).")],
+    rule: Annotated[str | None, typer.Option(help="Only this rule.")] = None,
+    subject: Annotated[
+        str | None, typer.Option(help="device:ID, rollout:ID, or a prefix ending in *.")
+    ] = None,
+    hours: Annotated[float, typer.Option(help="How long.")] = 2.0,
+    registry: Registry = None,
+    token: Token = None,
+) -> None:
+    """Stop delivering matching alerts for a while (they are still recorded)."""
+    with _registry(registry, token) as client:
+        if rule is None and subject is None:
+            raise CorralError("give --rule, --subject or both; a silence of everything is refused")
+        made = client.silence(rule, subject, hours * 3600, reason)
+    console.print(f"silence {made['id']} until {made['expires_at']}")
 
 
 def _converged(rollout: dict[str, Any]) -> tuple[int, int]:

@@ -188,6 +188,26 @@ class RegistryClient:
         """An experiment's cohorts and B - A differences with 95 % intervals."""
         return dict(self._call("GET", f"/api/v1/experiments/{name}"))
 
+    def alerts(self, state: str = "firing", rule: str | None = None) -> list[dict[str, Any]]:
+        """Alerts, newest first (``firing``, ``resolved`` or ``all``)."""
+        params = {"state": state, **({"rule": rule} if rule else {})}
+        return list(self._call("GET", "/api/v1/alerts", params=params))
+
+    def ack_alert(self, alert_id: int, note: str = "") -> dict[str, Any]:
+        """Acknowledge an alert.
+
+        Raises:
+            ApiError: no such alert (404) or already acknowledged (409).
+        """
+        return dict(self._call("POST", f"/api/v1/alerts/{alert_id}/ack", json={"note": note}))
+
+    def silence(
+        self, rule: str | None, subject: str | None, duration_s: float, reason: str
+    ) -> dict[str, Any]:
+        """Mute matching alerts for ``duration_s``."""
+        body = {"rule": rule, "subject": subject, "duration_s": duration_s, "reason": reason}
+        return dict(self._call("POST", "/api/v1/silences", json=body))
+
     def rollout_action(self, rollout_id: int | str, action: str, note: str = "") -> dict[str, Any]:
         """``approve``, ``pause``, ``resume`` or ``abort`` a rollout, with a note for its log.
 

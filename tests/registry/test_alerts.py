@@ -296,3 +296,32 @@ def test_the_statistics_match_their_textbook_values() -> None:
         False,
     ]
     assert stats.psi([50, 50], [50, 50]) == pytest.approx(0.0)
+
+
+def test_the_alerts_commands_list_acknowledge_and_refuse_a_silence_of_everything(
+    registry_with_model: Any,
+) -> None:
+    from typer.testing import CliRunner
+
+    from corral.cli import app
+
+    registry = registry_with_model
+    runner = CliRunner(env={"COLUMNS": "240"})
+    auth = ["--registry", registry.url, "--token", registry.context.admin_token]
+    device = Device(registry)
+    try:
+        device.status("offline")
+        registry.wait_for(device.stored, what="status stored")
+        registry.context.alerts.evaluate()
+        listed = runner.invoke(app, ["alerts", *auth])
+        assert listed.exit_code == 0, listed.output
+        assert device.id in listed.output and "device_offline" in listed.output
+        (alert,) = _firing(registry, "device_offline", device)
+        acked = runner.invoke(app, ["alerts", "ack", str(alert["id"]), "--note", "driving", *auth])
+        assert acked.exit_code == 0, acked.output
+        assert _firing(registry, "device_offline", device)[0]["acknowledged_by"] == "admin"
+        refused = runner.invoke(app, ["alerts", "silence", "--reason", "quiet", *auth])
+        assert refused.exit_code != 0 and "refused" in refused.output
+        assert registry.admin.get("/api/v1/silences").json() == []
+    finally:
+        device.close()

@@ -35,3 +35,24 @@ def test_api_token_alias_audit_and_revoke_commands(registry: Any) -> None:
     refused = runner.invoke(app, ["alias", "history", "animals", "production", *ci])
     assert refused.exit_code == 2
     assert "revoked" in refused.output
+
+
+def test_a_bad_rollout_plan_is_refused_with_its_reason_and_starts_nothing(
+    registry: Any, tmp_path: Any
+) -> None:
+    runner = CliRunner(env={"COLUMNS": "240"})
+    admin = ["--registry", registry.url, "--token", registry.context.admin_token]
+    bundle, files = registry.make_bundle()
+    assert registry.push(bundle, files).status_code == 201
+    registry.enrol(registry.unique_id("cam"))
+    broken = tmp_path / "broken.toml"
+    broken.write_text('model = "animals"\nversion = \n')
+    result = runner.invoke(app, ["rollout", "apply", str(broken), *admin])
+    assert result.exit_code == 2 and "not valid TOML" in result.output
+    typo = tmp_path / "typo.toml"
+    typo.write_text('model = "animals"\nversion = "1.0.0"\n[[stages]]\nsize = "150%"\n')
+    result = runner.invoke(app, ["rollout", "apply", str(typo), *admin])
+    assert result.exit_code == 2 and "size" in result.output, result.output
+    result = runner.invoke(app, ["rollout", "start", "animals", "1.0.0", "--stages", ",", *admin])
+    assert result.exit_code == 2 and "names no stage" in result.output
+    assert registry.admin.get("/api/v1/rollouts").json() == []
