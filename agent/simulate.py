@@ -283,7 +283,8 @@ class SimulatedAgent:
         self._schedule = schedule or (lambda job: job())
         self._rng = random.Random(seed)
         self._np = np.random.default_rng(seed)
-        self.outbox = Outbox(config.data_dir, config.device_id)
+        # A simulated agent needs crash safety, not power-cut safety (see Outbox).
+        self.outbox = Outbox(config.data_dir, config.device_id, durable=False)
         self.updater = Updater(config, profile, runtime_loader=self._load)
         self.backoff = InstallBackoff()
         self.link = AgentLink(

@@ -45,6 +45,10 @@ app.add_typer(api_token_app, name="api-token")
 app.add_typer(alias_app, name="alias")
 app.add_typer(device_app, name="device")
 app.add_typer(alerts_app, name="alerts")
+actions_app = typer.Typer(
+    invoke_without_command=True, help="What governance policies did about alerts."
+)
+app.add_typer(actions_app, name="actions")
 
 console = Console()
 
@@ -625,6 +629,49 @@ def alerts_silence(
             raise CorralError("give --rule, --subject or both; a silence of everything is refused")
         made = client.silence(rule, subject, hours * 3600, reason)
     console.print(f"silence {made['id']} until {made['expires_at']}")
+
+
+@actions_app.callback()
+def actions_list(
+    ctx: typer.Context,
+    state: Annotated[
+        str | None, typer.Option(help="pending, queued, running, done, failed.")
+    ] = None,
+    registry: Registry = None,
+    token: Token = None,
+) -> None:
+    """List governance actions, newest first."""
+    if ctx.invoked_subcommand is not None:
+        return
+    with _registry(registry, token) as client:
+        actions = client.actions(state)
+    table = Table(title="Governance actions")
+    for column in ("id", "policy", "action", "alert", "subject", "state", "result"):
+        table.add_column(column)
+    for a in actions:
+        result = ", ".join(f"{k}={v}" for k, v in (a["result"] or {}).items())
+        table.add_row(
+            str(a["id"]),
+            a["policy"],
+            a["action"],
+            _fmt(a["alert_id"]),
+            a["subject"],
+            a["state"],
+            result,
+        )
+    console.print(table)
+
+
+@actions_app.command("approve")
+def actions_approve(
+    action_id: Annotated[int, typer.Argument(help="Action id.")],
+    registry: Registry = None,
+    token: Token = None,
+) -> None:
+    """Let a pending action (a retraining, a pin) run."""
+    with _registry(registry, token) as client:
+        action = client.approve_action(action_id)
+    console.print(f"action {action_id} ({action['action']} on {action['subject']}) queued")
 
 
 def _converged(rollout: dict[str, Any]) -> tuple[int, int]:

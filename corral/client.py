@@ -208,6 +208,18 @@ class RegistryClient:
         body = {"rule": rule, "subject": subject, "duration_s": duration_s, "reason": reason}
         return dict(self._call("POST", "/api/v1/silences", json=body))
 
+    def actions(self, state: str | None = None) -> list[dict[str, Any]]:
+        """What governance policies did or wait to do, newest first."""
+        return list(self._call("GET", "/api/v1/actions", params={"state": state} if state else {}))
+
+    def approve_action(self, action_id: int) -> dict[str, Any]:
+        """Let a pending governance action run.
+
+        Raises:
+            ApiError: no such action (404) or not pending (409).
+        """
+        return dict(self._call("POST", f"/api/v1/actions/{action_id}/approve"))
+
     def rollout_action(self, rollout_id: int | str, action: str, note: str = "") -> dict[str, Any]:
         """``approve``, ``pause``, ``resume`` or ``abort`` a rollout, with a note for its log.
 

@@ -13,6 +13,7 @@
     api_tokens                     named people/CI tokens with a role (sha256 only)
     audit_log                      every state change: who, what, target, when, details
     alerts, silences               firing/resolved alerts per (rule, subject); mutes
+    policy_actions                 what a governance policy did about an alert
     tuf_metadata                   every signed version of every TUF role
 
 Secrets (enrolment, device and API tokens) are stored as SHA-256 hex digests:
@@ -53,6 +54,7 @@ __all__ = [
     "ModelAlias",
     "ModelFile",
     "ModelVersion",
+    "PolicyAction",
     "Rollout",
     "RolloutDevice",
     "RolloutLogEntry",
@@ -338,6 +340,29 @@ class Silence(Base):
     created_by: Mapped[str] = mapped_column(String(80))
     created_at: Mapped[datetime]
     expires_at: Mapped[datetime]
+
+
+class PolicyAction(Base):
+    """What a governance policy did (or waits to do) about one alert (registry.governance).
+
+    ``state``: ``pending`` (waits for approval), ``queued``, ``running``,
+    ``done`` or ``failed``; ``result`` holds what it made (a rollout, a version).
+    """
+
+    __tablename__ = "policy_actions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    policy: Mapped[str] = mapped_column(String(64), index=True)
+    action: Mapped[str] = mapped_column(String(16))
+    alert_id: Mapped[int | None] = mapped_column(ForeignKey("alerts.id"))
+    rule: Mapped[str] = mapped_column(String(40))
+    subject: Mapped[str] = mapped_column(String(200))
+    state: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime]
+    decided_by: Mapped[str | None] = mapped_column(String(80))
+    finished_at: Mapped[datetime | None]
+    result: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    log: Mapped[str] = mapped_column(Text, default="")
 
 
 class TufMetadata(Base):

@@ -11,14 +11,18 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from registry.alerts.rules import AlertRules
 from registry.errors import ConfigError
+
+if TYPE_CHECKING:
+    from registry.governance import Policy
 
 __all__ = ["Settings"]
 
@@ -62,6 +66,10 @@ class Settings(BaseSettings):
     require_staging: bool = False
     #: Alert rules and their thresholds (registry.alerts), e.g. CORRAL_ALERTS__MIN_ACCURACY=0.9.
     alerts: AlertRules = Field(default_factory=AlertRules)
+    #: Governance policies (registry.governance.Policy), as JSON; or a TOML file of
+    #: ``[[policy]]`` tables in ``policies_file``.
+    policies: list[dict[str, Any]] = Field(default_factory=list)
+    policies_file: Path | None = None
     #: How often the TUF refresher looks at snapshot and timestamp expiry.
     tuf_refresh_interval_s: float = Field(default=600.0, gt=0)
     #: Where model files live: ``local`` (``data_dir/blobs``) or ``s3``, an
@@ -74,6 +82,29 @@ class Settings(BaseSettings):
     s3_region: str | None = None
     #: Key prefix of the blobs in the bucket, so one bucket can hold several registries.
     s3_prefix: str = Field(default="blobs/", pattern=r"^([A-Za-z0-9._-]+/)*$")
+
+    def load_policies(self) -> list[Policy]:
+        """The policies in force: ``policies`` and those of ``policies_file``.
+
+        Raises:
+            ConfigError: the file cannot be read, or a policy is malformed.
+        """
+        from registry.governance import Policy  # the policy model lives with its engine
+
+        raw = list(self.policies)
+        if self.policies_file is not None:
+            try:
+                raw += tomllib.loads(self.policies_file.read_text()).get("policy", [])
+            except (OSError, tomllib.TOMLDecodeError) as e:
+                raise ConfigError(f"cannot read policies from {self.policies_file}: {e}") from e
+        try:
+            policies = [Policy.model_validate(p) for p in raw]
+        except ValidationError as e:
+            raise ConfigError(f"a governance policy is malformed: {e}") from e
+        names = [p.name for p in policies]
+        if len(names) != len(set(names)):
+            raise ConfigError(f"governance policy names must differ: {names}")
+        return policies
 
     @property
     def sqlalchemy_url(self) -> str:

@@ -19,6 +19,7 @@ from registry.alerts import Alerts
 from registry.blobstore import BlobStorage, BlobStore
 from registry.core.config import Settings
 from registry.core.db import SessionFactory, make_engine, make_session_factory, migrate
+from registry.governance import Governance
 from registry.ingest import Ingest
 from registry.mqtt import MqttBridge
 from registry.rollout import Hint, Rollouts
@@ -44,6 +45,7 @@ class RegistryContext:
     admin_token: str
     rollouts: Rollouts
     alerts: Alerts
+    governance: Governance
 
     @classmethod
     def build(cls, settings: Settings) -> RegistryContext:
@@ -81,7 +83,15 @@ class RegistryContext:
             username=settings.mqtt_username,
             password=settings.mqtt_password.get_secret_value() if settings.mqtt_password else None,
         )
-        publish = _Publisher(bridge)
+        rollouts = Rollouts(
+            sessions,
+            _Publisher(bridge),
+            interval_s=settings.rollout_interval_s,
+            require_staging=settings.require_staging,
+        )
+        governance = Governance(
+            sessions, rollouts, settings.load_policies(), settings.public_url, admin_token
+        )
         return cls(
             settings=settings,
             engine=engine,
@@ -92,17 +102,14 @@ class RegistryContext:
             bridge=bridge,
             refresher=TufRefresher(tuf, settings.tuf_refresh_interval_s),
             admin_token=admin_token,
-            rollouts=Rollouts(
-                sessions,
-                publish,
-                interval_s=settings.rollout_interval_s,
-                require_staging=settings.require_staging,
-            ),
+            rollouts=rollouts,
             alerts=Alerts(
                 sessions,
                 settings.alerts,
                 publish=lambda topic_, payload: bridge.publish(topic_, payload),
+                on_fire=governance.on_alert,
             ),
+            governance=governance,
         )
 
     def start(self) -> None:
@@ -111,11 +118,13 @@ class RegistryContext:
         self.bridge.start()
         self.refresher.start()
         self.rollouts.start()
+        self.governance.start()
         self.alerts.start()
 
     def stop(self) -> None:
         """Stop in reverse order; queued messages are stored before ingest stops."""
         self.alerts.stop()
+        self.governance.stop()
         self.rollouts.stop()
         self.refresher.stop()
         self.bridge.stop()
