@@ -112,6 +112,14 @@ def _check_root(document: Any) -> bytes:
         raise EnrolmentError(
             f"the registry sent a TUF root that is not a valid self-signed root.json: {e}"
         ) from e
+    role = root.signed.roles[Root.type]
+    # Later roots must chain from this one: each signed by a threshold of the previous one's keys.
+    logger.info(
+        "pinning TUF root v%d (%d of %d root keys sign it)",
+        root.signed.version,
+        role.threshold,
+        len(role.keyids),
+    )
     return raw
 
 

@@ -5,8 +5,10 @@ at the first failure with the staging folder removed and ``state.json``
 untouched, so the model that is running keeps running:
 
 1. TUF refresh from the root pinned at enrolment (``tuf/metadata/``): root
-   rotation, then timestamp, snapshot and targets, each signed, unexpired and
-   not older than what this device saw before (rollback and freeze refused).
+   rotation (root N+1 must be signed by a threshold of root N's keys and of its
+   own), then the registry's signed time, then timestamp, snapshot and targets,
+   each signed, unexpired and not older than what this device saw before
+   (rollback and freeze refused).
 2. ``models/{model}/{version}/bundle.json`` must be a signed target (absent:
    reason ``not_found``); it is downloaded (length and hash checked by TUF),
    parsed, and must name the model and version asked for.
@@ -31,6 +33,18 @@ drops continues from where it stopped, in the same install or the next one,
 even after a restart, from ``{data_dir}/downloads/``. After a successful
 install the partial files left there (versions given up on) are removed.
 
+Signed time
+-----------
+"Unexpired" is judged against the registry's signed time, not this device's
+clock (park computers' clocks are often years off): after walking root
+rotations, the updater fetches ``{registry}/tuf/time?nonce=<fresh nonce>``
+and checks that a threshold of the timestamp keys the newest trusted root
+names signed it, with this request's nonce (:mod:`corral.signedtime`). A
+forged, replayed or missing time refuses the install. ngclient takes "now"
+from the device clock once per update, in ``TrustedMetadataSet.reference_time``,
+and its ``UpdaterConfig`` has no setting for it; ``_SignedTimeUpdater`` sets
+that attribute between ngclient's own refresh steps (a test pins the seam).
+
 Errors are the agent's ``UpdateError`` family, each with a ``reason``; the
 mapping of third-party errors is ``_ERROR_MAP`` below.
 """
@@ -44,12 +58,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
+from urllib.parse import urljoin
 
 import httpx
 from tuf.api import exceptions as tuf_errors
-from tuf.api.metadata import TargetFile
+from tuf.api.metadata import Root, TargetFile, Targets
 from tuf.ngclient import Updater as TufUpdater
 from tuf.ngclient.fetcher import FetcherInterface
 
@@ -68,6 +84,12 @@ from agent.slots import Slot, Slots
 from corral.bundle import BUNDLE_FILE, Bundle, BundleFile
 from corral.errors import BundleError, ContractError, VersionError
 from corral.profiles import FirmwareProfile
+from corral.signedtime import (
+    MAX_SIGNED_TIME_BYTES,
+    SignedTimeError,
+    new_nonce,
+    verify_signed_time,
+)
 from corral.targets import bundle_target, file_target
 from corral.version import Version
 
@@ -78,6 +100,7 @@ __all__ = [
     "RuntimeLoader",
     "Updater",
     "load_onnx_runtime",
+    "time_url",
 ]
 
 logger = logging.getLogger(__name__)
@@ -86,6 +109,8 @@ DEFAULT_MAX_MODEL_BYTES = 4 * 1024**3
 _MAX_BUNDLE_JSON = 16 * 1024**2
 _DISK_MARGIN = 64 * 1024**2
 _KEEPS_RUNNING = "the current model keeps running"
+#: A device clock further than this from the registry's signed time is logged.
+_CLOCK_SKEW_WARNING = timedelta(minutes=5)
 
 #: Third-party errors and what they become, most specific first. The message
 #: part says what was refused; ``_map_error`` adds the model and the advice.
@@ -124,6 +149,12 @@ _ERROR_MAP: tuple[tuple[type[BaseException], type[UpdateError], str | None, str]
         "a file differs from its signed length or hash (tampered or corrupted)",
     ),
     (tuf_errors.RepositoryError, VerificationError, None, "TUF refused the registry's metadata"),
+    (
+        SignedTimeError,
+        VerificationError,
+        None,
+        "the registry's signed time cannot be trusted, so expiry cannot be judged",
+    ),
     (BundleError, VerificationError, None, "the bundle does not match what was signed"),
     (RuntimeLoadError, UpdateError, "incompatible", "ONNX Runtime cannot load the model"),
     (httpx.HTTPError, DownloadError, None, "the download failed"),
@@ -190,6 +221,57 @@ class InstallResult:
     runtime: LoadedModel = field(repr=False, compare=False)
 
 
+def time_url(metadata_url: str) -> str:
+    """Where the registry serves its signed time: ``time`` beside the metadata folder.
+
+    ``http://registry/tuf/metadata/`` gives ``http://registry/tuf/time``.
+    """
+    base = metadata_url if metadata_url.endswith("/") else metadata_url + "/"
+    return urljoin(base, "../time")
+
+
+def _device_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class _SignedTimeUpdater(TufUpdater):
+    """ngclient's ``Updater`` with the reference time for expiry checks from a callback.
+
+    ``refresh`` runs ngclient's own steps in ngclient's order; between the root
+    walk (which checks no expiry: TUF lets intermediate roots be expired) and
+    the timestamp (the first expiry check) it sets ngclient's reference time to
+    ``reference_time(newest trusted root)``. The time is checked against the
+    newest root, so a rotated timestamp key does not strand an agent that was
+    several roots behind.
+
+    Args:
+        reference_time: returns the time to judge expiry by, for a root.
+        *args: ngclient ``Updater``'s arguments.
+        **kwargs: ngclient ``Updater``'s keyword arguments.
+    """
+
+    def __init__(
+        self, *args: Any, reference_time: Callable[[Root], datetime], **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._reference_time = reference_time
+
+    def refresh(self) -> None:
+        """Root walk, reference time, then timestamp, snapshot, targets.
+
+        Raises:
+            tuf.api.exceptions.RepositoryError: metadata failed to verify.
+            tuf.api.exceptions.DownloadError: a download failed.
+            corral.signedtime.SignedTimeError: the signed time failed to verify.
+            OSError: metadata could not be written to disk.
+        """
+        self._load_root()
+        self._trusted_set.reference_time = self._reference_time(self._trusted_set.root)
+        self._load_timestamp()
+        self._load_snapshot()
+        self._load_targets(Targets.type, Root.type)
+
+
 def _trusted_root(metadata_dir: Path) -> bytes:
     """The newest root this device trusts: root.json, or the newest cached rotation."""
     try:
@@ -221,6 +303,10 @@ class Updater:
         require_golden: refuse bundles without golden samples (nothing to smoke-test).
         runtime_loader: loads a staged or installed model; default ONNX Runtime
             (:func:`load_onnx_runtime`). The fleet simulator passes its own.
+        signed_time: judge expiry by the registry's signed time (the default);
+            False trusts this device's clock, as plain TUF does.
+        clock: this device's clock (tests set it wrong); with signed time it is
+            only compared with the signed time, and a skew over 5 minutes logged.
 
     Raises:
         OSError: the slots cannot be recovered (see ``Slots.recover``).
@@ -236,8 +322,14 @@ class Updater:
         max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES,
         require_golden: bool = True,
         runtime_loader: RuntimeLoader | None = None,
+        signed_time: bool = True,
+        clock: Callable[[], datetime] = _device_now,
     ) -> None:
         self.config = config
+        self.signed_time = signed_time
+        self._clock = clock
+        #: This device's clock minus the registry's signed time, at the last update.
+        self.clock_skew: timedelta | None = None
         self.profile = profile
         self.max_model_bytes = max_model_bytes
         self.require_golden = require_golden
@@ -369,13 +461,14 @@ class Updater:
             ) from e
         metadata_dir = self.config.tuf_metadata_dir
         with self.slots.staging() as staging:
-            tuf = TufUpdater(
+            tuf = _SignedTimeUpdater(
                 metadata_dir=str(metadata_dir),
                 metadata_base_url=self.config.metadata_url,
                 target_base_url=self.config.targets_url,
                 target_dir=str(staging),
                 fetcher=self._fetcher,
                 bootstrap=_trusted_root(metadata_dir),
+                reference_time=self._reference_time,
             )
             tuf.refresh()
             bundle = self._fetch_bundle(tuf, target, model, version, staging)
@@ -396,6 +489,41 @@ class Updater:
             seconds=time.monotonic() - started,
             runtime=runtime,
         )
+
+    def _reference_time(self, root: Root) -> datetime:
+        """The time to judge expiry by: the registry's signed time, checked against ``root``.
+
+        Raises:
+            SignedTimeError: forged (not signed by root's timestamp keys), replayed
+                (another nonce) or malformed.
+            VerificationError: the registry serves no signed time.
+            tuf.api.exceptions.DownloadError: it could not be fetched.
+        """
+        device_now = self._clock()
+        if not self.signed_time:
+            return device_now
+        nonce = new_nonce()
+        url = f"{time_url(self.config.metadata_url)}?nonce={nonce}"
+        try:
+            data = self._fetcher.download_bytes(url, MAX_SIGNED_TIME_BYTES)
+        except tuf_errors.DownloadHTTPError as e:
+            if e.status_code != 404:
+                raise
+            raise VerificationError(
+                f"the registry serves no signed time at {url.split('?')[0]} (HTTP 404); this "
+                "agent judges expiry by it, whatever its own clock says: upgrade the registry; "
+                f"{_KEEPS_RUNNING}"
+            ) from e
+        signed_now = verify_signed_time(data, root, nonce)
+        self.clock_skew = device_now - signed_now
+        if abs(self.clock_skew) > _CLOCK_SKEW_WARNING:
+            logger.warning(
+                "this device's clock is %s %s the registry's signed time; metadata expiry is "
+                "judged by the signed time (set the clock, or enable NTP)",
+                abs(self.clock_skew),
+                "ahead of" if self.clock_skew > timedelta(0) else "behind",
+            )
+        return signed_now
 
     def _fetch_bundle(
         self, tuf: TufUpdater, target: str, model: str, version: str, staging: Path

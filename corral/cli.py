@@ -69,10 +69,12 @@ def _mount_roles() -> None:
         app.command("train", help="Train, evaluate and export a model bundle.")(train)
     try:
         from registry.cli import app as registry_app
+        from registry.cli import keys_app
     except ImportError:
         pass
     else:
         app.add_typer(registry_app, name="registry", help="Run the registry.")
+        app.add_typer(keys_app, name="keys", help="Offline TUF root keys: make, sign, rotate.")
     try:
         from agent.cli import app as agent_app
     except ImportError:

@@ -1,5 +1,7 @@
 """``corral registry``: run the registry, upgrade its database, write the broker's files.
 
+Also ``corral keys`` (:data:`keys_app`): offline root keys, see :mod:`registry.keys`.
+
 Only typer, rich and the standard library load at import time, so that
 ``corral --help`` stays quick; FastAPI and uvicorn load inside ``serve``.
 """
@@ -15,11 +17,14 @@ import typer
 from rich.console import Console
 
 if TYPE_CHECKING:
+    from securesystemslib.signer import CryptoSigner
     from sqlalchemy import Engine
 
     from registry.core.config import Settings
+    from registry.keys import RootChange
+    from registry.signing import TufRepository
 
-__all__ = ["app"]
+__all__ = ["app", "keys_app"]
 
 app = typer.Typer(no_args_is_help=True, help="Run the Corral registry.")
 console = Console()
@@ -77,6 +82,8 @@ def serve(
     if settings.admin_token is None:
         console.print(f"admin token: {settings.admin_token_path}", highlight=False)
     console.print(f"MQTT:        {mqtt_host}:{mqtt_port}", highlight=False)
+    tuf_root = fastapi_app.state.registry.tuf.status()
+    console.print(f"TUF:         {tuf_root.describe()}", highlight=False, soft_wrap=True)
     uvicorn.run(fastapi_app, host=host, port=port, log_level="info")
 
 
@@ -126,9 +133,12 @@ def migrate(data_dir: DataDir = Path(".corral/registry")) -> None:
     from registry.signing import TufRepository
 
     with _database(data_dir) as (settings, engine):
-        TufRepository(settings.data_dir / "keys", make_session_factory(engine)).initialise()
+        tuf = TufRepository(settings.data_dir / "keys", make_session_factory(engine))
+        tuf.initialise()
+        tuf_root = tuf.status()
     _say(f"database {engine.url.render_as_string()} is at the newest schema")
     _say(f"TUF repository ready (keys in {settings.data_dir / 'keys'})")
+    _say(f"TUF: {tuf_root.describe()}")
 
 
 @app.command("broker-files")
@@ -176,3 +186,237 @@ def broker_files(
 
 def _say(text: str) -> None:
     console.print(text, highlight=False, soft_wrap=True)
+
+
+def _fail(error: Exception | str) -> typer.Exit:
+    console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+    return typer.Exit(2)
+
+
+# --- corral keys -------------------------------------------------------------------
+
+keys_app = typer.Typer(
+    no_args_is_help=True,
+    help="Offline TUF root keys: make them, sign root, rotate keys (docs/keys.md).",
+)
+
+RegistryData = Annotated[
+    Path,
+    typer.Option(
+        "--registry-data",
+        envvar="CORRAL_DATA_DIR",
+        help="The registry's data directory (its database and online keys).",
+    ),
+]
+KeyFiles = Annotated[
+    list[Path] | None,
+    typer.Option("--key", help="An offline root key file; repeat for a threshold of them."),
+]
+ExpiresDays = Annotated[
+    int, typer.Option("--expires-days", min=1, max=3650, help="Lifetime of the new root, days.")
+]
+
+
+def _passphrase(what: str, *, confirm: bool = False) -> str:
+    """The passphrase from CORRAL_ROOT_KEY_PASSPHRASE, else asked on the terminal."""
+    import os
+    import sys
+
+    from registry.keys import PASSPHRASE_ENV
+
+    if value := os.environ.get(PASSPHRASE_ENV):
+        return value
+    if not sys.stdin.isatty():
+        console.print(
+            f"[red]error:[/red] no passphrase for {what}: set {PASSPHRASE_ENV}, "
+            "or run the command in a terminal to be asked"
+        )
+        raise typer.Exit(2)
+    return str(typer.prompt(f"Passphrase for {what}", hide_input=True, confirmation_prompt=confirm))
+
+
+def _load_keys(paths: list[Path]) -> list[CryptoSigner]:
+    from registry.keys import load_key_file
+
+    signers = []
+    for path in paths:
+        signer = load_key_file(path, _passphrase(str(path)))
+        _say(f"key {path}: {signer.public_key.keyid[:12]}")
+        signers.append(signer)
+    return signers
+
+
+@contextmanager
+def _repository(data_dir: Path) -> Iterator[TufRepository]:
+    """The registry's TUF repository on its database; errors exit with code 2."""
+    from registry.core.db import make_session_factory
+    from registry.signing import TufRepository
+
+    with _database(data_dir) as (settings, engine):
+        yield TufRepository(settings.data_dir / "keys", make_session_factory(engine))
+
+
+def _report(change: RootChange, repository: TufRepository) -> None:
+    signed = ", ".join(k[:12] for k in change.signed_by)
+    _say(
+        f"stored root v{change.version}: {change.threshold} of {len(change.root_keyids)} "
+        f"root key(s) must sign; signed by {signed}"
+    )
+    for path in change.removed:
+        _say(f"removed {path}: root v{change.version} no longer lists its key")
+    _say(f"TUF: {repository.status().describe()}")
+    _say(
+        f"agents walk to root v{change.version} at their next update "
+        f"(/tuf/metadata/{change.version}.root.json); new devices enrol with it"
+    )
+
+
+@keys_app.command("init")
+def keys_init(
+    out: Annotated[Path, typer.Option("--out", help="An empty directory on offline media.")],
+    count: Annotated[int, typer.Option(min=1, max=16, help="How many root keys.")] = 3,
+    threshold: Annotated[int, typer.Option(min=1, help="How many must sign a root.")] = 2,
+    registry_data: Annotated[
+        Path | None,
+        typer.Option(
+            "--registry-data",
+            envvar="CORRAL_DATA_DIR",
+            help="The registry's data directory: refused as a place for root keys.",
+        ),
+    ] = None,
+) -> None:
+    """Make encrypted root keys root-1.pem... and root-keys.json (public) in --out."""
+    from corral.errors import CorralError
+    from registry.keys import KEY_SET_FILE, generate_root_keys
+
+    if registry_data is not None and out.resolve().is_relative_to(registry_data.resolve()):
+        console.print(
+            f"[red]error:[/red] {out} is inside the registry's data directory {registry_data}; "
+            "root keys live offline (a USB key, a hardware token's backup), never beside the "
+            "registry"
+        )
+        raise typer.Exit(2)
+    try:
+        passphrase = _passphrase("the new keys", confirm=True)
+        key_set = generate_root_keys(out, count, threshold, passphrase)
+    except CorralError as e:
+        raise _fail(e) from e
+    for keyid, name in key_set.files.items():
+        _say(f"wrote {out / name}: root key {keyid[:12]}")
+    _say(f"wrote {out / KEY_SET_FILE}: the public keys, threshold {threshold} of {count}")
+    if threshold in (1, count):
+        _say(
+            "warning: with a threshold of 1 any one key signs root alone; with a threshold of "
+            "all keys, losing one locks root (docs/keys.md)"
+        )
+    _say(
+        "next: give each key to its holder and sign root with a threshold of them: "
+        f"corral keys sign-root --registry-data DIR --root-keys {out / KEY_SET_FILE} "
+        f"--key {out / 'root-1.pem'} ..."
+    )
+
+
+@keys_app.command("show")
+def keys_show(registry_data: RegistryData = Path(".corral/registry")) -> None:
+    """Show the root in force: version, expiry, mode, and every role's key ids."""
+    with _repository(registry_data) as repository:
+        status = repository.status()
+        md = repository.current_root()
+        assert md is not None  # status() found it
+        root = md.signed
+        _say(f"root v{status.version}, expires {status.expires:%Y-%m-%d %H:%M} UTC")
+        _say(f"TUF: {status.describe()}")
+        for role_name, role in root.roles.items():
+            for keyid in role.keyids:
+                path = repository.key_path(keyid)
+                where = f"registry: {path}" if path else "offline"
+                _say(f"  {role_name:<9} {keyid}  ({where})")
+            _say(f"  {role_name:<9} threshold {role.threshold} of {len(role.keyids)}")
+
+
+@keys_app.command("sign-root")
+def keys_sign_root(
+    registry_data: RegistryData = Path(".corral/registry"),
+    key: KeyFiles = None,
+    root_keys: Annotated[
+        Path | None,
+        typer.Option(
+            "--root-keys",
+            help="root-keys.json from `keys init`: the root key set to install "
+            "(default: the one beside the first --key when root is online or new).",
+        ),
+    ] = None,
+    expires_days: ExpiresDays = 365,
+) -> None:
+    """Sign the next root with a threshold of offline keys (takes an online root offline)."""
+    from datetime import timedelta
+
+    from registry.keys import KEY_SET_FILE, RootKeySet, sign_root
+
+    keys = key or []
+    with _repository(registry_data) as repository:
+        current = repository.current_root()
+        if root_keys is None and keys:
+            beside = keys[0].parent / KEY_SET_FILE
+            online = current is None or bool(repository.root_signers(current.signed))
+            if online and beside.exists():
+                root_keys = beside
+        key_set = RootKeySet.load(root_keys) if root_keys is not None else None
+        if root_keys is not None:
+            _say(f"root key set {root_keys}: threshold {key_set.threshold if key_set else '?'}")
+        change = sign_root(
+            repository, _load_keys(keys), key_set, expires=timedelta(days=expires_days)
+        )
+        _report(change, repository)
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    role: Annotated[str, typer.Option("--role", help="root, targets, snapshot or timestamp.")],
+    registry_data: RegistryData = Path(".corral/registry"),
+    key: KeyFiles = None,
+    revoke: Annotated[
+        str | None, typer.Option("--revoke", help="--role root: the key id (or prefix) to revoke.")
+    ] = None,
+    new_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--new-key", help="--role root: the replacement key file (made if it does not exist)."
+        ),
+    ] = None,
+    expires_days: ExpiresDays = 365,
+) -> None:
+    """Replace a root key or an online key; the new root is signed by old and new root keys."""
+    from datetime import timedelta
+
+    from registry.keys import generate_key_file, load_key_file, rotate_online_key, rotate_root_key
+
+    expires = timedelta(days=expires_days)
+    with _repository(registry_data) as repository:
+        signers = _load_keys(key or [])
+        if role != "root":
+            if revoke is not None or new_key is not None:
+                raise _fail("--revoke and --new-key are for --role root only")
+            change = rotate_online_key(repository, signers, role, expires=expires)
+        else:
+            if revoke is None:
+                raise _fail("--role root needs --revoke KEYID (see `corral keys show`)")
+            replacement = None
+            if new_key is not None:
+                if new_key.exists():
+                    replacement = load_key_file(new_key, _passphrase(str(new_key)))
+                    _say(f"key {new_key}: {replacement.public_key.keyid[:12]} (the new key)")
+                else:
+                    replacement = generate_key_file(
+                        new_key, _passphrase(f"the new key {new_key}", confirm=True)
+                    )
+                    _say(f"wrote {new_key}: root key {replacement.public_key.keyid[:12]}")
+                signers.append(replacement)
+            change = rotate_root_key(
+                repository,
+                signers,
+                revoke,
+                None if replacement is None else replacement.public_key,
+                expires=expires,
+            )
+        _report(change, repository)

@@ -1,13 +1,33 @@
 """The registry's TUF repository, built on python-tuf's Metadata API.
 
-Four top-level roles, one online ed25519 key each, kept in ``{data_dir}/keys``
-(private keys mode 0600). Root is online too in this skeleton: moving root
-offline with a threshold of keys, and key rotation, are a later issue.
+Keys and the two root modes
+---------------------------
+Four top-level roles. ``targets``, ``snapshot`` and ``timestamp`` are online:
+one ed25519 key each in ``{data_dir}/keys`` (unencrypted PEM, mode 0600,
+generated with the repository), used to sign every push and to re-sign
+snapshot and timestamp before they expire. Root runs in one of two modes,
+logged at start and shown by ``corral keys show``:
 
+- **online root** (local mode, the demo): ``keys/root.pem`` is generated with
+  the repository and signs root alone (threshold 1). Whoever copies the data
+  directory can sign a new root.
+- **offline root** (production): root is signed by a threshold of keys kept
+  away from the registry (``corral keys``, :mod:`registry.keys`,
+  ``docs/keys.md``). The registry holds no root key: it signs only targets,
+  snapshot, timestamp and the signed time.
+
+Key files are found by key id, not by name: every unencrypted ``*.pem`` in the
+keys directory is loaded, and a role signs with the keys the newest root lists
+for it. So a rotation done by ``corral keys rotate`` in another process is
+picked up at the next signature, without a restart (a key root no longer
+trusts makes the keys directory be read again).
+
+Stored metadata
+---------------
 Every signed version of every role is stored (table ``tuf_metadata``) and
-served as it was signed, with consistent snapshots:
-``{N}.root.json``, ``{N}.targets.json``, ``{N}.snapshot.json`` and the
-unversioned ``timestamp.json``.
+served as it was signed, with consistent snapshots: ``{N}.root.json``,
+``{N}.targets.json``, ``{N}.snapshot.json`` and the unversioned
+``timestamp.json``.
 
 Adding targets, in this order, under one lock and one transaction:
 
@@ -17,24 +37,34 @@ Adding targets, in this order, under one lock and one transaction:
 4. commit, together with whatever the caller added to the session (the model
    version rows), so a model version and its signatures appear at once.
 
+A new root (:meth:`TufRepository.store_root`) is accepted only when it is the
+next version and carries a threshold of valid signatures by the previous
+root's root keys and a threshold by its own (what the agent's TUF client
+checks when it walks from root N to N+1). In the same transaction targets,
+snapshot and timestamp are re-signed with the keys the new root names, so a
+rotated online key is in use at once and agents never see a timestamp signed
+by a key their new root has revoked. Key files the new root no longer trusts
+are then removed.
+
 ``refresh`` re-signs snapshot and timestamp once half their lifetime has
 passed; ``TufRefresher`` calls it from a background thread.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import os
 import threading
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
-from securesystemslib.signer import CryptoSigner
+from securesystemslib.signer import CryptoSigner, Key
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
+from tuf.api.exceptions import RepositoryError
 from tuf.api.metadata import (
     Metadata,
     MetaFile,
@@ -46,16 +76,28 @@ from tuf.api.metadata import (
 )
 from tuf.api.serialization.json import JSONSerializer
 
+from corral.signedtime import SignedTime, check_nonce, sign_time
 from registry._time import as_utc, utcnow
 from registry.core.db import SessionFactory
-from registry.errors import ConfigError, NotFoundError
+from registry.errors import ConfigError, NotFoundError, RegistryError
+from registry.keyring import KeyRing
 from registry.tables import TufMetadata
 
-__all__ = ["EXPIRY", "ROLES", "TufRefresher", "TufRepository"]
+__all__ = [
+    "EXPIRY",
+    "ONLINE_ROLES",
+    "ROLES",
+    "RootStatus",
+    "SigningError",
+    "TufRefresher",
+    "TufRepository",
+]
 
 logger = logging.getLogger(__name__)
 
 ROLES = (Root.type, Targets.type, Snapshot.type, Timestamp.type)
+#: The roles the registry signs itself, with keys in its data directory.
+ONLINE_ROLES = (Targets.type, Snapshot.type, Timestamp.type)
 EXPIRY = {
     Root.type: timedelta(days=365),
     Targets.type: timedelta(days=90),
@@ -66,72 +108,113 @@ _SERIALIZER = JSONSerializer(compact=False)
 _S = TypeVar("_S", Root, Targets, Snapshot, Timestamp)
 
 
-def _load_or_generate_key(path: Path) -> CryptoSigner:
-    if path.exists():
-        private_key = load_pem_private_key(path.read_bytes(), None)
-        return CryptoSigner(private_key)
-    signer = CryptoSigner.generate_ed25519()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(signer.private_bytes)
-        handle.flush()
-        os.fsync(handle.fileno())
-    logger.info("generated TUF key %s", path)
-    return signer
+class SigningError(RegistryError):
+    """Metadata cannot be signed or stored as asked.
+
+    For example a new root without a threshold of signatures by the old root's
+    keys and by its own, or one that is not the next version.
+    """
+
+
+@dataclass(frozen=True)
+class RootStatus:
+    """Which root is in force, and whether the registry can sign it alone.
+
+    ``held`` counts the root keys the registry's keys directory holds: when it
+    reaches the threshold, root is online.
+    """
+
+    version: int
+    expires: datetime
+    threshold: int
+    keyids: tuple[str, ...]
+    held: int
+    online_keys: dict[str, tuple[str, ...]]
+
+    @property
+    def online(self) -> bool:
+        """Whether the registry holds enough root keys to sign root by itself."""
+        return self.held >= self.threshold
+
+    def describe(self) -> str:
+        """One line for logs and the CLI."""
+        if self.online:
+            return (
+                f"ONLINE root (local/demo mode): root v{self.version} is signed by a key in the "
+                "registry's data directory; for production take it offline with "
+                "`corral keys sign-root` (docs/keys.md)"
+            )
+        return (
+            f"OFFLINE root: root v{self.version} is signed by {self.threshold} of "
+            f"{len(self.keyids)} keys kept off this registry, which signs only targets, "
+            "snapshot, timestamp and the signed time"
+        )
 
 
 class TufRepository:
     """Signs and stores the registry's TUF metadata.
 
     Args:
-        keys_dir: where the role keys live (generated on first use).
+        keys_dir: where the online keys live (generated on first use).
         sessions: the database session factory.
     """
 
     def __init__(self, keys_dir: Path, sessions: SessionFactory) -> None:
         self._sessions = sessions
         self._lock = threading.Lock()
-        keys_dir = Path(keys_dir)
-        keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._signers = {role: _load_or_generate_key(keys_dir / f"{role}.pem") for role in ROLES}
+        self.keys_dir = Path(keys_dir)
+        self.keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._keys = KeyRing(self.keys_dir)
 
     # --- set-up -------------------------------------------------------------------
 
     def initialise(self) -> None:
-        """Create and sign version 1 of every role, unless metadata exists.
+        """Create version 1 of every role with an online root, unless metadata exists.
+
+        An existing repository is checked instead: the keys directory must hold
+        the online keys root names. The root mode is logged either way.
 
         Raises:
-            ConfigError: the stored root does not trust the keys on disk.
+            ConfigError: the stored root names online keys the keys directory lacks.
         """
         with self._lock, self._sessions() as session:
-            if self._latest_row(session, Root.type) is not None:
-                self._check_keys(session)
-                return
-            now = utcnow()
-            root = Root(expires=now + EXPIRY[Root.type], consistent_snapshot=True)
-            for role, signer in self._signers.items():
-                root.add_key(signer.public_key, role)
-            targets = Targets(expires=now + EXPIRY[Targets.type])
-            snapshot = Snapshot(expires=now + EXPIRY[Snapshot.type])
-            snapshot.meta[f"{Targets.type}.json"] = MetaFile(version=1)
-            timestamp = Timestamp(
-                expires=now + EXPIRY[Timestamp.type], snapshot_meta=MetaFile(version=1)
-            )
-            self._store(session, root)
-            self._store(session, targets)
-            self._store(session, snapshot)
-            self._store(session, timestamp)
-            session.commit()
-            logger.info("created TUF repository (root, targets, snapshot, timestamp v1)")
+            existing = self._latest_row(session, Root.type)
+            if existing is not None:
+                root = cast(Root, Metadata.from_bytes(existing.data).signed)
+                for role in ONLINE_ROLES:
+                    self._signers_for(root, role)
+            else:
+                root_key = self._keys.named(Root.type) or self._keys.generate(Root.type)
+                root = Root(expires=utcnow() + EXPIRY[Root.type], consistent_snapshot=True)
+                root.add_key(root_key.public_key, Root.type)
+                for role, key in self._ensure_online_keys().items():
+                    root.add_key(key, role)
+                md = Metadata(root)
+                md.sign(root_key)
+                self._add_row(session, md)
+                self._create_online_roles(session, root)
+                session.commit()
+                logger.info("created TUF repository (root, targets, snapshot, timestamp v1)")
+        status = self.status()
+        if status.online:
+            logger.warning("TUF: %s", status.describe())
+        else:
+            logger.info("TUF: %s", status.describe())
 
-    def _check_keys(self, session: Session) -> None:
-        root = self._load(session, Root)
-        for role, signer in self._signers.items():
-            if signer.public_key.keyid not in root.roles[role].keyids:
-                raise ConfigError(
-                    f"the {role} key in the keys directory is not the one root trusts; "
-                    "restore the original keys directory for this data directory"
-                )
+    def _ensure_online_keys(self) -> dict[str, Key]:
+        return {
+            role: (self._keys.named(role) or self._keys.generate(role)).public_key
+            for role in ONLINE_ROLES
+        }
+
+    def ensure_online_keys(self) -> dict[str, Key]:
+        """The public online keys for a new repository's first root (generated if missing).
+
+        Returns:
+            targets, snapshot and timestamp's public keys, from ``{role}.pem``.
+        """
+        with self._lock:
+            return self._ensure_online_keys()
 
     # --- reading ------------------------------------------------------------------
 
@@ -163,10 +246,73 @@ class TufRepository:
         return row.data
 
     def root_dict(self) -> dict[str, Any]:
-        """The newest root as a JSON object, for enrolment."""
-        import json
+        """The newest root as a JSON object, for enrolment.
 
+        Raises:
+            NotFoundError: the repository is not initialised.
+        """
         return cast(dict[str, Any], json.loads(self.metadata(Root.type)))
+
+    def current_root(self) -> Metadata[Root] | None:
+        """The newest signed root, or None before the repository exists."""
+        with self._sessions() as session:
+            row = self._latest_row(session, Root.type)
+        return None if row is None else Metadata[Root].from_bytes(row.data)
+
+    def status(self) -> RootStatus:
+        """Which root is in force and whether it is online.
+
+        Raises:
+            NotFoundError: the repository is not initialised.
+        """
+        md = self.current_root()
+        if md is None:
+            raise NotFoundError("no root metadata; the repository is not initialised")
+        root = md.signed
+        role = root.roles[Root.type]
+        return RootStatus(
+            version=root.version,
+            expires=as_utc(root.expires),
+            threshold=role.threshold,
+            keyids=tuple(role.keyids),
+            held=len(self._keys.held(role.keyids)),
+            online_keys={r: tuple(root.roles[r].keyids) for r in ONLINE_ROLES},
+        )
+
+    def key_path(self, keyid: str) -> Path | None:
+        """The file in the keys directory holding ``keyid``, if any."""
+        return self._keys.path(keyid)
+
+    def root_signers(self, root: Root) -> list[CryptoSigner]:
+        """The keys in the keys directory that ``root`` trusts to sign root (online root).
+
+        Args:
+            root: the root whose root role is asked about.
+
+        Returns:
+            The signers (none once root is offline).
+        """
+        self._keys.reload()
+        return self._keys.held(root.roles[Root.type].keyids)
+
+    def signed_time(self, nonce: str) -> bytes:
+        """The current time with ``nonce``, signed by the timestamp keys root names.
+
+        Args:
+            nonce: the agent's nonce (16-128 of ``A-Za-z0-9_-``).
+
+        Returns:
+            The JSON answer (see :mod:`corral.signedtime`).
+
+        Raises:
+            SignedTimeError: the nonce is malformed.
+            NotFoundError: the repository is not initialised.
+            ConfigError: the timestamp key root names is not in the keys directory.
+        """
+        check_nonce(nonce)
+        with self._sessions() as session:
+            root = self._load(session, Root)
+        return sign_time(SignedTime(utcnow(), nonce), self._signers_for(root, Timestamp.type))
 
     # --- writing ------------------------------------------------------------------
 
@@ -182,15 +328,17 @@ class TufRepository:
             The new targets version.
 
         Raises:
+            ConfigError: the keys directory lacks a key root names for an online role.
             sqlalchemy.exc.IntegrityError: the caller's rows clash with stored ones;
                 nothing is committed.
         """
         with self._lock:
+            root = self._load(session, Root)
             md = self._load(session, Targets)
             for target in targets:
                 md.targets[target.path] = target
-            self._bump(session, md)
-            self._sign_snapshot_and_timestamp(session, md.version)
+            self._bump(session, md, root)
+            self._sign_snapshot_and_timestamp(session, md.version, root)
             session.commit()
             return md.version
 
@@ -202,6 +350,9 @@ class TufRepository:
 
         Returns:
             Whether anything was re-signed.
+
+        Raises:
+            ConfigError: the keys directory lacks a key root names for an online role.
         """
         now = now or utcnow()
         with self._lock, self._sessions() as session:
@@ -209,26 +360,140 @@ class TufRepository:
             timestamp = self._load(session, Timestamp)
             root = self._load(session, Root)
             if as_utc(root.expires) - now < EXPIRY[Root.type] / 4:
-                logger.warning("TUF root expires at %s; rotate it", root.expires)
+                logger.warning(
+                    "TUF root v%d expires at %s; sign the next version before then "
+                    "(`corral keys sign-root`, docs/keys.md)",
+                    root.version,
+                    root.expires,
+                )
             if as_utc(snapshot.expires) - now < EXPIRY[Snapshot.type] / 2:
                 targets_version = snapshot.meta[f"{Targets.type}.json"].version
-                self._sign_snapshot_and_timestamp(session, targets_version)
+                self._sign_snapshot_and_timestamp(session, targets_version, root)
             elif as_utc(timestamp.expires) - now < EXPIRY[Timestamp.type] / 2:
                 timestamp.snapshot_meta = MetaFile(version=snapshot.version)
-                self._bump(session, timestamp)
+                self._bump(session, timestamp, root)
             else:
                 return False
             session.commit()
             logger.info("re-signed TUF snapshot/timestamp before expiry")
             return True
 
-    def _sign_snapshot_and_timestamp(self, session: Session, targets_version: int) -> None:
+    def new_online_key(self, role: str) -> Key:
+        """Generate a key in the keys directory for an online role's rotation.
+
+        Args:
+            role: the role it is for (it names the file, ``{role}-{key id}.pem``).
+
+        Returns:
+            Its public key, to be listed in the next root.
+        """
+        with self._lock:
+            return self._keys.generate(prefix=role).public_key
+
+    def discard_key(self, keyid: str) -> None:
+        """Remove a key made by :meth:`new_online_key` that no root came to list."""
+        with self._lock:
+            self._keys.remove(keyid)
+
+    def store_root(self, md: Metadata[Root]) -> list[Path]:
+        """Store a new root version, re-sign the online roles, drop untrusted key files.
+
+        Args:
+            md: root version N+1 (or 1 for a new repository), already signed.
+
+        Returns:
+            The key files removed from the keys directory because the new root no
+            longer lists them (the online root key, a rotated online key).
+
+        Raises:
+            SigningError: not the next version, expired, without consistent
+                snapshots, or short of a threshold of valid signatures by the
+                previous root's keys or by its own.
+            ConfigError: the keys directory lacks a key the new root names for an
+                online role.
+        """
+        new = md.signed
+        with self._lock, self._sessions() as session:
+            row = self._latest_row(session, Root.type)
+            previous = None if row is None else Metadata[Root].from_bytes(row.data).signed
+            expected = 1 if previous is None else previous.version + 1
+            if new.version != expected:
+                raise SigningError(
+                    f"expected root version {expected} instead got version {new.version}; "
+                    "sign a new root from the newest one (someone else may have just stored one)"
+                )
+            if new.is_expired(utcnow()):
+                raise SigningError(f"root v{new.version} expired at {new.expires}; sign it anew")
+            if not new.consistent_snapshot:
+                raise SigningError("root must enable consistent snapshots (agents rely on them)")
+            if previous is not None:
+                _check_threshold(previous, md, f"root v{previous.version}'s keys")
+            _check_threshold(new, md, "its own keys")
+            self._keys.reload()
+            for role in ONLINE_ROLES:
+                self._signers_for(new, role)
+            self._add_row(session, md)
+            if previous is None:
+                self._create_online_roles(session, new)
+            else:
+                # Re-sign everything below root with the keys the new root names.
+                targets = self._load(session, Targets)
+                self._bump(session, targets, new)
+                self._sign_snapshot_and_timestamp(session, targets.version, new)
+            session.commit()
+            trusted = {k for role in new.roles.values() for k in role.keyids}
+            removed = [
+                path
+                for keyid in sorted(self._keys.keyids() - trusted)
+                if (path := self._keys.remove(keyid)) is not None
+            ]
+        for path in removed:
+            logger.info("removed %s: root v%d no longer lists its key", path, new.version)
+        logger.info("stored TUF root v%d; %s", new.version, self.status().describe())
+        return removed
+
+    def _create_online_roles(self, session: Session, root: Root) -> None:
+        now = utcnow()
+        targets = Targets(expires=now + EXPIRY[Targets.type])
+        snapshot = Snapshot(expires=now + EXPIRY[Snapshot.type])
+        snapshot.meta[f"{Targets.type}.json"] = MetaFile(version=1)
+        timestamp = Timestamp(
+            expires=now + EXPIRY[Timestamp.type], snapshot_meta=MetaFile(version=1)
+        )
+        self._store(session, targets, root)
+        self._store(session, snapshot, root)
+        self._store(session, timestamp, root)
+
+    def _sign_snapshot_and_timestamp(
+        self, session: Session, targets_version: int, root: Root
+    ) -> None:
         snapshot = self._load(session, Snapshot)
         snapshot.meta[f"{Targets.type}.json"] = MetaFile(version=targets_version)
-        self._bump(session, snapshot)
+        self._bump(session, snapshot, root)
         timestamp = self._load(session, Timestamp)
         timestamp.snapshot_meta = MetaFile(version=snapshot.version)
-        self._bump(session, timestamp)
+        self._bump(session, timestamp, root)
+
+    def _signers_for(self, root: Root, role: str) -> list[CryptoSigner]:
+        """The keys to sign ``role`` with: those ``root`` names for it that are on disk.
+
+        Raises:
+            ConfigError: fewer than the role's threshold are on disk.
+        """
+        wanted = root.roles[role]
+        held = self._keys.held(wanted.keyids)
+        if len(held) < wanted.threshold:
+            self._keys.reload()  # another process may have rotated the key
+            held = self._keys.held(wanted.keyids)
+        if len(held) < wanted.threshold:
+            ids = ", ".join(k[:12] for k in wanted.keyids)
+            raise ConfigError(
+                f"root v{root.version} trusts key(s) {ids} for {role} ({wanted.threshold} "
+                f"needed) and {self.keys_dir} holds {len(held)}: restore this data directory's "
+                f"keys directory, or rotate the key (`corral keys rotate --role {role}`, "
+                "docs/keys.md)"
+            )
+        return held
 
     # --- storage ------------------------------------------------------------------
 
@@ -247,23 +512,42 @@ class TufRepository:
             raise NotFoundError(f"no {kind.type} metadata; the repository is not initialised")
         return cast(_S, Metadata.from_bytes(row.data).signed)
 
-    def _bump(self, session: Session, signed: _S) -> None:
+    def _bump(self, session: Session, signed: _S, root: Root) -> None:
         signed.version += 1
         signed.expires = utcnow() + EXPIRY[signed.type]
-        self._store(session, signed)
+        self._store(session, signed, root)
 
-    def _store(self, session: Session, signed: _S) -> None:
+    def _store(self, session: Session, signed: _S, root: Root) -> None:
         md = Metadata(signed)
-        md.sign(self._signers[signed.type])
+        for signer in self._signers_for(root, signed.type):
+            md.sign(signer, append=True)
+        self._add_row(session, md)
+
+    @staticmethod
+    def _add_row(session: Session, md: Metadata[Any]) -> None:
         session.add(
             TufMetadata(
-                role=signed.type,
-                version=signed.version,
-                expires=signed.expires,
+                role=md.signed.type,
+                version=md.signed.version,
+                expires=md.signed.expires,
                 data=md.to_bytes(_SERIALIZER),
             )
         )
         session.flush()
+
+
+def _check_threshold(delegator: Root, md: Metadata[Root], whose: str) -> None:
+    """Raise unless ``md`` carries a threshold of valid signatures by ``delegator``'s root keys."""
+    try:
+        result = delegator.get_verification_result(Root.type, md.signed_bytes, md.signatures)
+    except (RepositoryError, ValueError) as e:
+        raise SigningError(f"cannot check root v{md.signed.version}'s signatures: {e}") from e
+    if not result:
+        missing = ", ".join(k[:12] for k in result.unsigned)
+        raise SigningError(
+            f"root v{md.signed.version} carries {len(result.signed)} valid signature(s) by "
+            f"{whose}, {result.threshold} needed; sign with more of them (unsigned: {missing})"
+        )
 
 
 class TufRefresher:

@@ -16,6 +16,7 @@ from agent.errors import DownloadError, SmokeTestError, UpdateError, Verificatio
 from agent.updater import InstallResult, Updater, _map_error
 from corral.bundle import BundleError, BundleFile
 from corral.profiles import FirmwareProfile, load_profile
+from corral.signedtime import SignedTimeError
 from corral.targets import bundle_target, file_target
 from tests.agent.tuf_repo import (
     MODEL_FILE,
@@ -315,6 +316,7 @@ def test_an_unreachable_registry_is_a_download_error(
         (tuf_errors.LengthOrHashMismatchError("x"), VerificationError, "verification"),
         (tuf_errors.RepositoryError("x"), VerificationError, "verification"),
         (BundleError("x"), VerificationError, "verification"),
+        (SignedTimeError("x"), VerificationError, "verification"),
         (OSError(28, "No space left on device"), UpdateError, "install"),
     ],
     ids=lambda v: type(v).__name__ if isinstance(v, Exception) else None,

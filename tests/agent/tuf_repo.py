@@ -19,11 +19,12 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs
 
 import numpy as np
 import onnx
@@ -41,6 +42,7 @@ from tuf.api.metadata import (
 )
 
 from corral.bundle import Bundle, BundleFile, GoldenSample, InputSpec, OutputSpec
+from corral.signedtime import SignedTime, SignedTimeError, sign_time
 from corral.targets import bundle_target, file_target
 
 __all__ = ["TufRepo", "make_bundle", "make_model", "publish_bundle", "serve_repo"]
@@ -88,6 +90,14 @@ class TufRepo:
         self.ranges: list[tuple[str, str | None, str | None, int]] = []
         #: URL path -> body bytes sent for it, over all responses.
         self.sent: dict[str, int] = {}
+        #: the registry's clock, which ``/time`` signs.
+        self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+        #: the keys that sign ``/time``; None: the timestamp key.
+        self.time_signers: list[Signer] | None = None
+        #: when set, ``/time`` answers these bytes whatever the nonce (a replay).
+        self.time_reply: bytes | None = None
+        #: when False, ``/time`` answers 404 (a registry without signed time).
+        self.serves_time = True
         self._sign_root()
         self.targets.signed.version = 0
         self.snapshot.signed.version = 0
@@ -136,6 +146,13 @@ class TufRepo:
         timestamp.expires = timestamp_expires or _in(1)
         self.files["/metadata/timestamp.json"] = self._sign(self.timestamp, Timestamp.type)
 
+    def signed_time(self, nonce: str) -> bytes:
+        """The ``/time`` answer for ``nonce``: ``clock()`` signed by ``time_signers``."""
+        if self.time_reply is not None:
+            return self.time_reply
+        signers = self.time_signers or [self.signers[Timestamp.type]]
+        return sign_time(SignedTime(self.clock(), nonce), signers)
+
     def served_target_path(self, target: str) -> str:
         """The URL path a target is served at."""
         info = self.targets.signed.targets[target]
@@ -158,6 +175,18 @@ class _Handler(BaseHTTPRequestHandler):
         self.repo.requests.append((self.path, auth))
         if self.repo.required_token and auth != f"Bearer {self.repo.required_token}":
             self.send_error(401)
+            return
+        path, _, query = self.path.partition("?")
+        if path == "/time" and self.repo.serves_time:
+            try:
+                answer = self.repo.signed_time(parse_qs(query).get("nonce", [""])[0])
+            except SignedTimeError:
+                self.send_error(422)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
             return
         body = self.repo.files.get(self.path)
         if body is None:

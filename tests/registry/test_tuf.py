@@ -10,8 +10,10 @@ from typing import Any
 
 import pytest
 from tuf.api.exceptions import LengthOrHashMismatchError
+from tuf.api.metadata import Metadata, Root
 from tuf.ngclient import Updater
 
+from corral.signedtime import new_nonce, verify_signed_time
 from corral.targets import bundle_target, file_target
 from registry._time import utcnow
 
@@ -156,3 +158,21 @@ def test_targets_are_served_with_ranges_and_a_strong_etag(
         assert response.headers["Accept-Ranges"] == "bytes"
     else:
         assert response.content == b""
+
+
+def test_the_signed_time_is_served_with_the_nonce_and_verifies_against_root(
+    registry: Any,
+) -> None:
+    root = Metadata[Root].from_bytes(registry.anon.get("/tuf/metadata/1.root.json").content)
+    nonce = new_nonce()
+
+    answer = registry.anon.get("/tuf/time", params={"nonce": nonce})
+
+    assert answer.status_code == 200
+    assert answer.headers["Cache-Control"] == "no-store"
+    signed_now = verify_signed_time(answer.content, root.signed, nonce)
+    assert abs(signed_now - utcnow()) < timedelta(seconds=5)
+    for query in ({"nonce": "short"}, {"nonce": "x" * 200}, {"nonce": "a b" * 8}, {}):
+        refused = registry.anon.get("/tuf/time", params=query)
+        assert refused.status_code == 422, query
+        assert "nonce" in refused.json()["detail"]

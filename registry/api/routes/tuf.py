@@ -1,4 +1,4 @@
-"""TUF metadata and targets, served without authentication in this skeleton.
+"""TUF metadata, targets and the signed time, served without authentication in this skeleton.
 
 Metadata is served byte for byte as signed. Targets are served by the
 SHA-256 in their consistent-snapshot name (``.../{sha256}.{file}``) straight
@@ -16,6 +16,11 @@ Targets are streamed from the blob store and resumable (RFC 9110):
   ignored and the whole file is sent (200), as the RFC allows;
 - ``If-Range`` that is not the ETag (a date, or another ETag) sends the
   whole file (200): the agent then starts its partial file over.
+
+``GET /tuf/time?nonce=...`` answers the registry's current time with the
+caller's nonce, signed by the timestamp key root names (the Uptane time-server
+idea, :mod:`corral.signedtime`): agents use it, not their own clock, to decide
+whether metadata has expired.
 """
 
 from __future__ import annotations
@@ -23,9 +28,10 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from fastapi import APIRouter, Header
+from fastapi import APIRouter, Header, Query
 from fastapi.responses import Response, StreamingResponse
 
+from corral.signedtime import NONCE_PATTERN
 from registry.api.deps import ContextDep
 from registry.errors import NotFoundError
 
@@ -54,6 +60,29 @@ def metadata(name: str, context: ContextDep) -> Response:
     else:
         raise NotFoundError(f"no TUF metadata named {name!r}")
     return Response(data, media_type="application/json", headers={"Cache-Control": "no-cache"})
+
+
+@router.get("/time")
+def signed_time(
+    context: ContextDep,
+    nonce: Annotated[
+        str,
+        Query(
+            pattern=NONCE_PATTERN,
+            description="A fresh random value, 16-128 of A-Z a-z 0-9 _ -, echoed back.",
+        ),
+    ],
+) -> Response:
+    """The registry's current time and ``nonce``, signed by the timestamp key.
+
+    Raises:
+        SignedTimeError: the nonce is malformed (422).
+    """
+    return Response(
+        context.tuf.signed_time(nonce),
+        media_type="application/json",
+        headers={"Cache-Control": "no-store"},
+    )
 
 
 def _parse_range(header: str, length: int) -> tuple[int, int] | None:
