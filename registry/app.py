@@ -26,6 +26,7 @@ from registry.api.routes import (
     metrics,
     models,
     rollouts,
+    series,
     tokens,
     tuf,
 )
@@ -81,6 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         tuf,
         downloads,
         metrics,
+        series,
         console,
     )
     for module in routers:

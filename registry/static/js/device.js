@@ -1,0 +1,239 @@
+// One device: what it reports now, charts of its inference, accuracy and telemetry
+// over a time window, its installs and its events. Charts load the window once
+// (GET /api/v1/devices/ID/series) and then, whenever the stream says the device
+// reported, fetch only the points after the last seq they hold.
+"use strict";
+
+import { timeChart } from "./charts.js";
+import {
+  DASH, ago, badge, deviceStatus, fixed, h, percent, text, updating, when,
+} from "./util.js";
+
+const WINDOWS = [["15 min", 900], ["1 h", 3600], ["6 h", 21600], ["24 h", 86400]];
+const LIMIT = 2000;
+const DETAIL_EVERY_MS = 5000;
+
+// kind -> chart: which series fields to draw, with labels, units and axis.
+const CHARTS = {
+  inference: {
+    title: "Inference", empty: "No inference reported in this window.", axes: ["fps", "ms"],
+    series: [
+      { field: "fps", label: "FPS", digits: 1 },
+      { field: "p95_ms", label: "p95 latency", unit: " ms", axis: 1, digits: 2 },
+      { field: "p50_ms", label: "p50 latency", unit: " ms", axis: 1, digits: 2 },
+    ],
+  },
+  accuracy: {
+    title: "Accuracy on labelled frames", empty: "No labelled frames in this window.", axes: ["%", "labelled"],
+    // Close enough to see a drop of a few points, never above 100 %.
+    leftRange: (min, max) => [Math.max(0, Math.floor((Math.min(min, max) - 5) / 5) * 5), 100],
+    series: [
+      { field: "accuracy", label: "Accuracy", unit: " %", digits: 1, scale: 100 },
+      { field: "labelled", label: "Labelled", axis: 1, digits: 0 },
+    ],
+  },
+  telemetry: {
+    title: "Hardware", empty: "No telemetry reported in this window.", axes: ["%", "°C"],
+    leftRange: () => [0, 100],
+    series: [
+      { field: "cpu_percent", label: "CPU", unit: " %", digits: 0 },
+      { field: "memory_percent", label: "Memory", unit: " %", digits: 0 },
+      { field: "gpu_util_percent", label: "GPU util", unit: " %", digits: 0 },
+      { field: "gpu_temp_c", label: "GPU temp", unit: " °C", axis: 1, digits: 0 },
+    ],
+  },
+};
+
+export function mount(root, session, id) {
+  const { api, store } = session;
+  let windowS = 3600;
+  let alive = true;
+  let lastDetail = 0;
+  let pulling = false;
+  let again = false;
+  const data = {}; // kind -> {ts, seq, values}
+  const charts = {};
+
+  const statusEl = h("span", { id: "device-status" });
+  const heading = h("div", { class: "title" }, h("h1", {}, id), statusEl);
+  const facts = h("dl", { class: "facts", id: "device-facts" });
+  const note = h("p", { class: "muted small", id: "device-note" });
+  const windowButtons = WINDOWS.map(([label, seconds]) => h("button", {
+    type: "button", class: seconds === windowS ? "on" : "",
+    onclick: e => {
+      windowS = seconds;
+      for (const b of windowButtons) b.classList.toggle("on", b === e.currentTarget);
+      loadAll();
+    },
+  }, label));
+  const chartPanels = Object.keys(CHARTS).map(kind => {
+    const el = h("div", { class: "chart", id: "chart-" + kind });
+    return [kind, h("div", { class: "panel" }, el), el];
+  });
+  const versions = h("tbody", { id: "device-versions" });
+  const events = h("tbody", { id: "device-events" });
+  root.append(
+    h("p", { class: "small" }, h("a", { href: "#/" }, "← Fleet")),
+    heading,
+    h("div", { class: "panel" }, facts, note),
+    h("div", { class: "toolbar", style: "margin-top:1rem" }, h("strong", {}, "Window"),
+      h("span", { class: "windows" }, windowButtons)),
+    h("div", { class: "grid2" }, chartPanels.map(([, panel]) => panel)),
+    h("div", { class: "grid2" },
+      h("div", {}, h("h2", {}, "Installed versions"),
+        h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "When"), h("th", {}, "What"), h("th", {}, "Version"))), versions)),
+      h("div", {}, h("h2", {}, "Events"),
+        h("table", {}, h("thead", {}, h("tr", {}, h("th", { class: "num" }, "Seq"), h("th", {}, "When"), h("th", {}, "Event"), h("th", {}, "Message"))), events))),
+  );
+  for (const [kind, , el] of chartPanels) {
+    const spec = CHARTS[kind];
+    charts[kind] = timeChart(el, {
+      title: spec.title, empty: spec.empty, axes: spec.axes, series: spec.series, leftRange: spec.leftRange || null,
+    });
+  }
+
+  let seqStats = null; // from the last detail: the stream's summaries do not carry it
+
+  function renderFacts(summary) {
+    const d = { ...summary, seq: summary.seq || seqStats };
+    const status = deviceStatus(d);
+    statusEl.replaceChildren(badge(status));
+    if (updating(d)) statusEl.append(" ", badge("updating"));
+    const fact = (label, value) => [h("dt", {}, label), h("dd", {}, value)];
+    facts.replaceChildren(
+      ...fact("Model", d.model ? `${d.model} ${text(d.version)}` : DASH),
+      ...fact("Desired", d.desired_version ? `${d.desired_model} ${d.desired_version}` : DASH),
+      ...fact("Last data", d.last_seen ? ago(d.last_seen) + " ago" : "never"),
+      ...fact("Profile", text(d.profile)),
+      ...fact("Site / group", [d.site, d.group].filter(Boolean).join(" / ") || DASH),
+      ...fact("Tags", (d.tags || []).join(", ") || DASH),
+      ...fact("FPS", fixed(d.fps, 1)),
+      ...fact("Latency p50 / p95", `${fixed(d.latency_p50_ms, 1)} / ${fixed(d.latency_p95_ms, 1)} ms`),
+      ...fact("Accuracy (this version)", `${percent(d.accuracy)} of ${d.labelled} labelled`),
+      ...fact("Frames / drops", `${d.frames} / ${d.drops}`),
+      ...fact("CPU / memory", `${fixed(d.cpu_percent, 0)} % / ${fixed(d.memory_percent, 0)} %`),
+      ...fact("GPU temperature", d.gpu_temp_c === null ? DASH : fixed(d.gpu_temp_c, 0) + " °C"),
+      ...(d.seq ? fact("Messages (lost)", `${d.seq.count} (${d.seq.missing})`) : []),
+      ...(d.revoked_at ? fact("Revoked", when(d.revoked_at)) : []),
+    );
+  }
+
+  function renderDetail(detail) {
+    seqStats = detail.seq;
+    renderFacts(store.devices.get(id) || detail);
+    const history = detail.events.filter(e => ["installed", "rolled_back", "install_failed", "load_failed"].includes(e.event));
+    versions.replaceChildren(...(history.length ? history.map(e => h("tr", {},
+      h("td", {}, when(e.ts)),
+      h("td", {}, badge(e.event.replace("_", " "), e.event === "installed" ? "passed" : "failed")),
+      h("td", {}, e.event === "rolled_back"
+        ? `${text(e.data.version)} → ${text(e.data.to_version)}`
+        : text(e.data.version)),
+    )) : [h("tr", {}, h("td", { colspan: 3, class: "empty" }, "No installs among the last 50 events."))]));
+    events.replaceChildren(...(detail.events.length ? detail.events.map(e => h("tr", {},
+      h("td", { class: "num" }, e.seq), h("td", {}, when(e.ts)), h("td", {}, e.event),
+      h("td", { style: "white-space:normal" }, e.message))) : [h("tr", {}, h("td", { colspan: 4, class: "empty" }, "No events yet."))]));
+  }
+
+  async function loadDetail() {
+    lastDetail = Date.now();
+    try {
+      const detail = await api.get("/api/v1/devices/" + encodeURIComponent(id));
+      if (alive) renderDetail(detail);
+    } catch (e) {
+      if (alive) note.textContent = e.status === 404 ? `No device ${id}.` : "Could not load the device: " + e.message;
+    }
+  }
+
+  function draw(kind) {
+    const spec = CHARTS[kind];
+    const series = data[kind];
+    charts[kind].set(series.ts, spec.series.map(s => series.values[s.field].map(
+      v => (v === null || v === undefined ? null : v * (s.scale || 1)))));
+  }
+
+  function trim(series) {
+    const cutoff = Date.now() / 1000 - windowS;
+    let drop = 0;
+    while (drop < series.ts.length && series.ts[drop] < cutoff) drop += 1;
+    if (!drop) return;
+    series.ts.splice(0, drop);
+    series.seq.splice(0, drop);
+    for (const column of Object.values(series.values)) column.splice(0, drop);
+  }
+
+  async function loadAll() {
+    const since = new Date(Date.now() - windowS * 1000).toISOString();
+    const answers = await Promise.all(Object.keys(CHARTS).map(kind =>
+      api.get(`/api/v1/devices/${encodeURIComponent(id)}/series?kind=${kind}&since=${since}&limit=${LIMIT}`)
+        .catch(() => null)));
+    if (!alive) return;
+    const cut = [];
+    Object.keys(CHARTS).forEach((kind, i) => {
+      const answer = answers[i] || { ts: [], seq: [], values: Object.fromEntries(CHARTS[kind].series.map(s => [s.field, []])), truncated: false };
+      data[kind] = { ts: answer.ts, seq: answer.seq, values: answer.values };
+      if (answer.truncated) cut.push(kind);
+      draw(kind);
+    });
+    note.textContent = cut.length
+      ? `The ${cut.join(" and ")} chart${cut.length > 1 ? "s show" : " shows"} the newest ${LIMIT} points of the window.`
+      : "";
+  }
+
+  async function pull() {
+    // New points since the last seq each chart holds; one pull at a time.
+    if (pulling) { again = true; return; }
+    pulling = true;
+    try {
+      for (const kind of Object.keys(CHARTS)) {
+        const series = data[kind];
+        if (!series) continue;
+        const after = series.seq.length ? series.seq[series.seq.length - 1] : null;
+        const query = after === null
+          ? `since=${new Date(Date.now() - windowS * 1000).toISOString()}`
+          : `after_seq=${after}`;
+        const answer = await api.get(`/api/v1/devices/${encodeURIComponent(id)}/series?kind=${kind}&${query}&limit=500`);
+        if (!alive) return;
+        if (data[kind] !== series) continue; // the window changed meanwhile
+        for (let i = 0; i < answer.ts.length; i++) {
+          if (series.seq.length && answer.seq[i] <= series.seq[series.seq.length - 1]) continue;
+          series.ts.push(answer.ts[i]);
+          series.seq.push(answer.seq[i]);
+          for (const field of Object.keys(series.values)) series.values[field].push(answer.values[field][i]);
+        }
+        trim(series);
+        draw(kind);
+      }
+    } catch (e) {
+      // The stream says when the registry is unreachable; the next report retries.
+    } finally {
+      pulling = false;
+      if (again && alive) { again = false; pull(); }
+    }
+  }
+
+  let lastSeen = null;
+  const unsubscribe = store.subscribe((kind, ids) => {
+    if (kind !== "devices" || !ids.includes(id)) return;
+    const d = store.devices.get(id);
+    if (!d) return;
+    renderFacts(d);
+    if (d.last_seen !== lastSeen) {
+      lastSeen = d.last_seen;
+      pull();
+      if (Date.now() - lastDetail > DETAIL_EVERY_MS) loadDetail();
+    }
+  });
+  const clock = setInterval(() => {
+    const d = store.devices.get(id);
+    if (d) renderFacts(d);
+  }, 1000);
+  if (store.devices.has(id)) renderFacts(store.devices.get(id));
+  loadDetail();
+  loadAll();
+  return () => {
+    alive = false;
+    unsubscribe();
+    clearInterval(clock);
+    for (const chart of Object.values(charts)) chart.destroy();
+  };
+}
