@@ -115,43 +115,43 @@ def test_a_pushed_model_lands_in_the_bucket_not_on_local_disk(
 def test_a_model_downloads_whole_and_by_range_with_a_stable_etag(registry: Any) -> None:
     url = pushed(registry)
 
-    whole = registry.anon.get(url)
+    whole = registry.admin.get(url)
     assert whole.status_code == 200
     assert whole.content == MODEL
     assert whole.headers["etag"] == f'"{DIGEST}"'
     assert whole.headers["accept-ranges"] == "bytes"
 
-    part = registry.anon.get(url, headers={"Range": "bytes=1048000-3145999"})
+    part = registry.admin.get(url, headers={"Range": "bytes=1048000-3145999"})
     assert part.status_code == 206
     assert part.content == MODEL[1048000:3146000]
     assert part.headers["content-range"] == f"bytes 1048000-3145999/{len(MODEL)}"
     assert part.headers["etag"] == whole.headers["etag"]
 
     # A resumed download: from where the partial file ends, if it is still the same file.
-    rest = registry.anon.get(
+    rest = registry.admin.get(
         url, headers={"Range": f"bytes={len(MODEL) - 5000}-", "If-Range": f'"{DIGEST}"'}
     )
     assert rest.status_code == 206
     assert rest.content == MODEL[-5000:]
 
-    tail = registry.anon.get(url, headers={"Range": "bytes=-10"})
+    tail = registry.admin.get(url, headers={"Range": "bytes=-10"})
     assert (tail.status_code, tail.content) == (206, MODEL[-10:])
 
-    cached = registry.anon.get(url, headers={"If-None-Match": f'"{DIGEST}"'})
+    cached = registry.admin.get(url, headers={"If-None-Match": f'"{DIGEST}"'})
     assert cached.status_code == 304
     assert cached.headers["etag"] == whole.headers["etag"]
 
-    beyond = registry.anon.get(url, headers={"Range": f"bytes={len(MODEL)}-"})
+    beyond = registry.admin.get(url, headers={"Range": f"bytes={len(MODEL)}-"})
     assert beyond.status_code == 416
     assert beyond.headers["content-range"] == f"bytes */{len(MODEL)}"
 
-    again = registry.anon.get(url, headers={"Range": "bytes=0-0"})
+    again = registry.admin.get(url, headers={"Range": "bytes=0-0"})
     assert again.headers["etag"] == whole.headers["etag"]
 
 
 def test_an_unknown_target_is_404(registry: Any) -> None:
     pushed(registry)
-    missing = registry.anon.get(f"/tuf/targets/models/animals/1.0.0/{'0' * 64}.model.onnx")
+    missing = registry.admin.get(f"/tuf/targets/models/animals/1.0.0/{'0' * 64}.model.onnx")
     assert missing.status_code == 404
     assert "targets are named" in missing.json()["detail"]
 

@@ -405,6 +405,11 @@ def test_the_cli_takes_a_running_registry_offline_and_an_enrolled_agent_follows(
     model = make_model(5)
     bundle = make_bundle("tiny", "1.0.0", model)
     assert registry.push(bundle.to_bytes(), {MODEL_FILE: model}).status_code == 201
+    assigned = registry.admin.post(
+        "/api/v1/rollouts",
+        json={"model": "tiny", "version": "1.0.0", "devices": [answer["device_id"]]},
+    )
+    assert assigned.status_code == 201, assigned.text
 
     # The agent enrolled under root 1, its clock three years fast, installs it.
     years = timedelta(days=3 * 365)

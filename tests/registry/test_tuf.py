@@ -9,24 +9,30 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tuf.api.exceptions import LengthOrHashMismatchError
+from tuf.api.exceptions import DownloadHTTPError, LengthOrHashMismatchError
 from tuf.api.metadata import Metadata, Root
 from tuf.ngclient import Updater
 
+from agent.fetcher import HttpxFetcher
 from corral.signedtime import new_nonce, verify_signed_time
 from corral.targets import bundle_target, file_target
 from registry._time import utcnow
 
 
-def _updater(registry: Any, root: dict[str, Any], tmp_path: Path) -> Updater:
+def _updater(
+    registry: Any, root: dict[str, Any], tmp_path: Path, token: str | None = None
+) -> Updater:
+    """python-tuf's client; targets need a token (the admin's unless one is given)."""
     (tmp_path / "meta").mkdir(exist_ok=True)
     (tmp_path / "dl").mkdir(exist_ok=True)
+    targets = f"{registry.url}/tuf/targets/"
     return Updater(
         metadata_dir=str(tmp_path / "meta"),
         metadata_base_url=f"{registry.url}/tuf/metadata/",
         target_dir=str(tmp_path / "dl"),
-        target_base_url=f"{registry.url}/tuf/targets/",
+        target_base_url=targets,
         bootstrap=json.dumps(root).encode(),
+        fetcher=HttpxFetcher(token or registry.context.admin_token, auth_urls=[targets]),
     )
 
 
@@ -44,6 +50,32 @@ def test_agent_side_client_downloads_a_pushed_target(registry: Any, tmp_path: Pa
     manifest = updater.get_targetinfo(bundle_target("animals", "1.0.0"))
     assert manifest is not None
     assert Path(updater.download_target(manifest)).read_bytes() == bundle
+
+
+def test_a_device_downloads_only_the_version_it_is_assigned(registry: Any, tmp_path: Path) -> None:
+    answer = registry.enrol("cam-1")
+    for version in ("1.0.0", "2.0.0"):
+        bundle, files = registry.make_bundle(version=version)
+        assert registry.push(bundle, files).status_code == 201
+    rollout = registry.admin.post(
+        "/api/v1/rollouts", json={"model": "animals", "version": "2.0.0", "devices": ["cam-1"]}
+    )
+    assert rollout.status_code == 201, rollout.text
+    updater = _updater(registry, answer["tuf_root"], tmp_path, token=answer["device_token"])
+    updater.refresh()
+    assigned = updater.get_targetinfo(file_target("animals", "2.0.0", "model.onnx"))
+    other = updater.get_targetinfo(file_target("animals", "1.0.0", "model.onnx"))
+    assert assigned is not None and other is not None
+    assert Path(updater.download_target(assigned)).exists()
+    with pytest.raises(DownloadHTTPError) as refused:
+        updater.download_target(other)
+    assert refused.value.status_code == 403
+    url = f"/tuf/targets/models/animals/1.0.0/{other.hashes['sha256']}.model.onnx"
+    anonymous = registry.anon.get(url)
+    assert anonymous.status_code == 403 and "token" in anonymous.json()["detail"]
+    with registry.client(answer["device_token"]) as device:
+        refused_answer = device.get(url)
+    assert "not assigned animals 1.0.0" in refused_answer.json()["detail"]
 
 
 def test_tampered_blob_is_served_as_is_and_refused_by_the_client(
@@ -84,7 +116,7 @@ def test_each_push_bumps_targets_snapshot_timestamp(registry: Any) -> None:
         assert registry.anon.get(f"/tuf/metadata/{name}").status_code == 200
     for name in ("2.root.json", "9.targets.json", "timestamp.jsonx", "../x"):
         assert registry.anon.get(f"/tuf/metadata/{name}").status_code == 404
-    assert registry.anon.get(f"/tuf/targets/models/a/1.0.0/{'0' * 64}.x").status_code == 404
+    assert registry.admin.get(f"/tuf/targets/models/a/1.0.0/{'0' * 64}.x").status_code == 404
 
 
 def test_refresher_resigns_snapshot_and_timestamp_before_expiry(registry: Any) -> None:
@@ -148,7 +180,7 @@ def test_targets_are_served_with_ranges_and_a_strong_etag(
     url = f"/tuf/targets/models/animals/1.0.0/{digest}.model.onnx"
     etag = f'"{digest}"'
     sent = {k: v.replace("ETAG", etag) for k, v in headers.items()}
-    response = registry.anon.get(url, headers=sent)
+    response = registry.admin.get(url, headers=sent)
     assert response.status_code == status
     assert response.headers["ETag"] == etag
     assert response.headers.get("Content-Range") == content_range

@@ -1,10 +1,12 @@
-"""TUF metadata, targets and the signed time, served without authentication in this skeleton.
+"""TUF metadata, targets and the signed time.
 
-Metadata is served byte for byte as signed. Targets are served by the
-SHA-256 in their consistent-snapshot name (``.../{sha256}.{file}``) straight
-from the blob store (local or S3), as they are stored: the agent's TUF client
-checks length and hash and refuses a tampered blob. Per-device access control is a
-later issue.
+Metadata is public and served byte for byte as signed (it is signed, not
+secret). Targets are served by the SHA-256 in their consistent-snapshot name
+(``models/{model}/{version}/{sha256}.{file}``) straight from the blob store
+(local or S3), as they are stored: the agent's TUF client checks length and
+hash and refuses a tampered blob. Targets need a token: a device may download
+only the version it is assigned (its desired version, which is also where a
+rollback sends it) or the one it runs; people and CI need the viewer role.
 
 Targets are streamed from the blob store and resumable (RFC 9110):
 
@@ -30,10 +32,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import Response, StreamingResponse
+from sqlalchemy.orm import Session
 
 from corral.signedtime import NONCE_PATTERN
-from registry.api.deps import ContextDep
-from registry.errors import NotFoundError
+from registry.api.deps import CallerDep, ContextDep, SessionDep
+from registry.core.security import Caller, Role
+from registry.errors import AuthError, NotFoundError
+from registry.tables import Device
 
 __all__ = ["router"]
 
@@ -119,10 +124,32 @@ class _RangeNotSatisfiableError(Exception):
     """The requested range lies outside the file."""
 
 
+def _check_assigned(caller: Caller, session: Session, path: str) -> None:
+    if caller.device_id is None:
+        if not caller.allows(Role.VIEWER):
+            raise AuthError(f"{caller.name!r} may not download targets; it needs the viewer role")
+        return
+    parts = path.split("/")
+    device = session.get(Device, caller.device_id)
+    if len(parts) != 4 or parts[0] != "models" or device is None:
+        raise AuthError(f"device {caller.device_id} may download only model files")
+    wanted = (parts[1], parts[2])
+    if wanted not in {
+        (device.desired_model, device.desired_version),
+        (device.model, device.version),
+    }:
+        raise AuthError(
+            f"device {device.id} is not assigned {wanted[0]} {wanted[1]} (it should run "
+            f"{device.desired_model} {device.desired_version}); a rollout assigns versions"
+        )
+
+
 @router.get("/targets/{path:path}")
 def target(
     path: str,
     context: ContextDep,
+    caller: CallerDep,
+    session: SessionDep,
     range_: Annotated[str | None, Header(alias="Range")] = None,
     if_range: Annotated[str | None, Header(alias="If-Range")] = None,
     if_none_match: Annotated[str | None, Header(alias="If-None-Match")] = None,
@@ -130,8 +157,11 @@ def target(
     """A target by its consistent-snapshot name ``.../{sha256}.{file}``, resumable.
 
     Raises:
+        AuthError: no token; a device asking for a version it is not assigned; a
+            person without the viewer role.
         NotFoundError: the name has no digest prefix, or no such blob is stored.
     """
+    _check_assigned(caller, session, path)
     match = _HASHED.match(path.rsplit("/", 1)[-1])
     missing = NotFoundError(f"no target {path!r}; targets are named .../<sha256>.<file>")
     if match is None:
