@@ -1,9 +1,10 @@
 """``corral agent``: enrol this park computer, run the agent, show what it runs.
 
-The main CLI mounts :data:`app` as ``corral agent``. Only typer, rich and the
-standard library are imported here; each command imports the agent's heavy
-modules (OpenCV, ONNX Runtime, paho) when it runs, so ``corral --help`` stays fast
-on every role's machine.
+The main CLI mounts :data:`app` as ``corral agent`` and :func:`predict` as
+``corral predict`` (offline predictions over image files, :mod:`agent.predict`).
+Only typer, rich and the standard library are imported here; each command
+imports the agent's heavy modules (OpenCV, ONNX Runtime, paho) when it runs, so
+``corral --help`` stays fast on every role's machine.
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-__all__ = ["app"]
+__all__ = ["EXIT_BAD_INPUT", "app", "predict"]
 
 app = typer.Typer(no_args_is_help=True, help="Enrol and run the agent on a park computer.")
 _err = Console(stderr=True)
 
 DataDir = Annotated[Path, typer.Option("--data-dir", help="The agent's data folder.")]
+#: Exit code of a command given bad input (a bad bundle, image or option), as the main CLI's.
+EXIT_BAD_INPUT = 2
 
 
 def _fail(message: str) -> typer.Exit:
@@ -141,3 +144,93 @@ def install(ctx: typer.Context) -> None:
         raise _fail(f"install script not found at {script}; reinstall corral")
     code = subprocess.call(["bash", str(script), *ctx.args])
     raise typer.Exit(code)
+
+
+def _bad_input(message: str) -> typer.Exit:
+    # Plain echo on stderr, not rich: one unwrapped line, and stdout stays clean for --json.
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code=EXIT_BAD_INPUT)
+
+
+def predict(
+    bundle_dir: Annotated[
+        Path,
+        typer.Argument(
+            metavar="BUNDLE_DIR", help="A bundle folder: bundle.json and its model files."
+        ),
+    ],
+    inputs: Annotated[
+        list[Path],
+        typer.Argument(
+            metavar="IMAGE_OR_FOLDER", help="Image files (PNG, JPEG, BMP) or folders of them."
+        ),
+    ],
+    variant: Annotated[
+        str, typer.Option(help="The bundle variant to run: fp32, int8, ...")
+    ] = "fp32",
+    top: Annotated[int, typer.Option(min=1, help="How many of the best labels to show.")] = 3,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 16,
+    provider: Annotated[
+        list[str] | None,
+        typer.Option(help="ONNX Runtime execution provider, in order (repeat); default CPU."),
+    ] = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print one JSON document instead of a table.")
+    ] = False,
+    out: Annotated[
+        Path | None, typer.Option(help="Also write the predictions to this .jsonl or .csv file.")
+    ] = None,
+) -> None:
+    """Predict image files offline with a bundle, exactly as the agent would on its camera.
+
+    Bad input (a bundle folder that is missing, invalid or tampered with, a variant
+    it lacks, an image that cannot be read) exits with code 2 and writes nothing.
+    """
+    import json
+
+    from rich.table import Table
+
+    from agent.predict import OUTPUT_FORMATS, image_files, load_runtime, predict_files
+    from corral.errors import CorralError
+
+    if out is not None and (out.suffix.lower() not in OUTPUT_FORMATS or not out.parent.is_dir()):
+        raise _bad_input(f"--out {out}: use a .jsonl or .csv file in an existing folder")
+    try:
+        files = image_files(inputs)
+        runtime = load_runtime(bundle_dir, variant, provider or ("CPUExecutionProvider",))
+        predictions = predict_files(runtime, files, batch_size=batch_size, top=top)
+    except CorralError as e:
+        raise _bad_input(str(e)) from e
+    if out is not None:
+        from agent.predict import write_predictions
+
+        try:
+            write_predictions(out, predictions)
+        except OSError as e:
+            typer.echo(f"error: cannot write {out}: {e.strerror}", err=True)
+            raise typer.Exit(code=1) from e
+    bundle = runtime.bundle
+    if json_output:
+        document = {
+            "model": bundle.name,
+            "version": bundle.version,
+            "variant": runtime.variant,
+            "providers": runtime.providers,
+            "predictions": [p.to_dict() for p in predictions],
+        }
+        typer.echo(json.dumps(document, indent=2))
+        return
+    table = Table(
+        title=f"{bundle.name} {bundle.version} ({runtime.variant}, "
+        f"{', '.join(runtime.providers)}): {len(predictions)} image(s)"
+    )
+    table.add_column("file", overflow="fold")
+    table.add_column("label", no_wrap=True)
+    table.add_column("confidence", justify="right", no_wrap=True)
+    table.add_column(f"top {min(top, len(bundle.output.labels))}")
+    for p in predictions:
+        ranked = ", ".join(f"{label} {score:.3f}" for label, score in p.top)
+        table.add_row(p.file, p.label, f"{p.confidence:.3f}", ranked)
+    Console().print(table)
+    if out is not None:
+        typer.echo(f"wrote {len(predictions)} prediction(s) to {out}")

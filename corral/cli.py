@@ -77,10 +77,12 @@ def _mount_roles() -> None:
         app.add_typer(keys_app, name="keys", help="Offline TUF root keys: make, sign, rotate.")
     try:
         from agent.cli import app as agent_app
+        from agent.cli import predict
     except ImportError:
         pass
     else:
         app.add_typer(agent_app, name="agent", help="Enrol and run the agent on a park computer.")
+        app.command("predict", help="Predict image files offline, as the agent would.")(predict)
     try:
         from agent.simulate_cli import app as fleet_app
     except ImportError:

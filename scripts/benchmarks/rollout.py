@@ -19,6 +19,8 @@ from pathlib import Path
 import psutil
 from benchmarks.common import Figure
 
+from corral.client import RegistryClient
+
 BASELINE_N = 50
 
 
@@ -29,8 +31,8 @@ def _registry_process() -> psutil.Process:
     raise RuntimeError("the registry process is not a child of this one")
 
 
-def _stored(client: object, ids: list[str]) -> int:
-    return sum(int(client.device(d)["seq"]["count"]) for d in ids)  # type: ignore[attr-defined]
+def _stored(client: RegistryClient, ids: list[str]) -> int:
+    return sum(int(client.device(d)["seq"]["count"]) for d in ids)
 
 
 def _rollout(local: object, n: int, version: str, root: Path) -> tuple[float, object, list[str]]:
