@@ -50,6 +50,7 @@ import numpy as np
 from agent.errors import CameraError
 
 __all__ = [
+    "IMAGE_SUFFIXES",
     "Camera",
     "CameraSource",
     "FileSource",
@@ -63,7 +64,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+#: The image files folder cameras (and ``corral predict``) read.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 _DEFAULT_VIDEO_FPS = 25.0
 # Reconnect backoff: quick first tries, then every 2 s, so a returning source is
 # picked up within a few seconds without hammering one that stays away.
@@ -247,12 +249,12 @@ class FolderSource(CameraSource):
             for sub in self.root.iterdir()
             if sub.is_dir()
             for path in sub.iterdir()
-            if path.suffix.lower() in _IMAGE_SUFFIXES
+            if path.suffix.lower() in IMAGE_SUFFIXES
         )
         if not items:
             raise CameraError(
                 f"camera folder {self.root} has no images in label sub-folders "
-                f"(root/<label>/*{'|'.join(_IMAGE_SUFFIXES)})"
+                f"(root/<label>/*{'|'.join(IMAGE_SUFFIXES)})"
             )
         random.Random(self.seed).shuffle(items)
         self.items = items

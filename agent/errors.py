@@ -5,6 +5,7 @@
     │   └── DataDirLockedError another agent process owns the data folder
     ├── EnrolmentError         the registry refused or could not be reached at enrolment
     ├── CameraError            a camera source cannot be opened or read
+    ├── ImageInputError        `corral predict` was given a missing or unreadable image
     ├── RuntimeLoadError       a model cannot be loaded into ONNX Runtime
     └── UpdateError            an update was refused or failed; carries a ``reason`` code
         ├── VerificationError  TUF or the bundle check refused what was downloaded
@@ -27,6 +28,7 @@ __all__ = [
     "DataDirLockedError",
     "DownloadError",
     "EnrolmentError",
+    "ImageInputError",
     "RuntimeLoadError",
     "SmokeTestError",
     "UpdateError",
@@ -36,6 +38,10 @@ __all__ = [
 
 class AgentError(CorralError):
     """Base of the agent's errors."""
+
+
+class ImageInputError(AgentError):
+    """An input image or folder is missing, unreadable or not an image."""
 
 
 class ConfigError(AgentError):

@@ -30,16 +30,15 @@ from typing import Any
 import cv2
 import numpy as np
 
-from agent.camera import _IMAGE_SUFFIXES
+from agent.camera import IMAGE_SUFFIXES
 from agent.config import write_file_atomic
-from agent.errors import AgentError
+from agent.errors import ImageInputError
 from agent.runtime import ModelRuntime
 from corral.bundle import Bundle
 from corral.errors import BundleError
 
 __all__ = [
     "OUTPUT_FORMATS",
-    "ImageInputError",
     "Prediction",
     "image_files",
     "load_runtime",
@@ -54,10 +53,6 @@ logger = logging.getLogger(__name__)
 OUTPUT_FORMATS = {".jsonl": "jsonl", ".csv": "csv"}
 #: How many bad files an error names before it says "and N more".
 _NAMED_BAD = 5
-
-
-class ImageInputError(AgentError):
-    """An input image or folder is missing, unreadable or not an image."""
 
 
 @dataclass(frozen=True)
@@ -98,11 +93,11 @@ def image_files(inputs: Sequence[Path]) -> list[Path]:
     for path in inputs:
         if path.is_dir():
             found = sorted(
-                p for p in path.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES and p.is_file()
+                p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
             )
             if not found:
                 raise ImageInputError(
-                    f"folder {path} holds no images ({', '.join(_IMAGE_SUFFIXES)})"
+                    f"folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})"
                 )
             files += found
         elif path.exists():
