@@ -6,7 +6,9 @@ six simulated agents (``agent.simulate.Fleet``: real enrolment, TUF installs,
 outbox and MQTT link) running ``tiny 1.0.0``, and one more enrolled device,
 ``gpu``, whose reports (telemetry with a GPU, inference, accuracy) a thread
 of this process publishes over MQTT with the real payload encoder, because
-simulated agents send no telemetry.
+simulated agents send no telemetry. The registry evaluates its alert rules
+every second, and one governance policy waits for an approval when the GPU
+box goes offline (``test_browser.py`` makes it).
 
 ``browser`` is Debian's Chromium (``/usr/bin/chromium``) driven by
 Playwright, headless. Playwright's own browser downloads are never used
@@ -46,6 +48,14 @@ CHROMIUM = Path(os.environ.get("CORRAL_CHROMIUM", "/usr/bin/chromium"))
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 VERSIONS = ("1.0.0", "1.1.0", "1.2.0")
 AGENTS = 6
+#: Governance: an offline GPU box gets a "notify" action that waits for an operator.
+POLICY = {
+    "name": "page-on-gpu-offline",
+    "rule": "device_offline",
+    "subject": "device:gpu-box-",
+    "action": "notify",
+    "approval": True,
+}
 
 
 def mosquitto_up() -> bool:
@@ -97,6 +107,7 @@ class GpuBox:
         self.device_id = device_id
         self.every_s = every_s
         self.seq = 0
+        self._lock = threading.Lock()  # the test thread sends status while _run reports
         self._stop = threading.Event()
         self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"console-{device_id}")
         self._thread = threading.Thread(target=self._run, name="gpu-box", daemon=True)
@@ -104,19 +115,17 @@ class GpuBox:
     def start(self) -> None:
         self._client.connect(*MOSQUITTO)
         self._client.loop_start()
-        self._send(
-            "status",
-            {"state": "online", "model": "tiny", "version": "1.0.0", "profile": "x86-nvidia"},
-        )
+        self._send("status", self._status("online"))
         self._thread.start()
+
+    def set_status(self, state: str) -> None:
+        """Publish a retained status (``offline`` is what its last will would say)."""
+        self._send("status", self._status(state))
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(5)
-        self._send(
-            "status",
-            {"state": "offline", "model": "tiny", "version": "1.0.0", "profile": "x86-nvidia"},
-        )
+        self._send("status", self._status("offline"))
         self._client.publish(topic(self.device_id, "status"), b"", qos=1, retain=True)
         self._client.loop_stop()
         self._client.disconnect()
@@ -126,14 +135,14 @@ class GpuBox:
         return {"state": state, "model": "tiny", "version": "1.0.0", "profile": "x86-nvidia"}
 
     def _send(self, kind: str, body: dict[str, Any]) -> None:
-        self.seq += 1
-        retain = kind == "status"
-        self._client.publish(
-            topic(self.device_id, kind),
-            encode(kind, self.device_id, self.seq, body),
-            qos=1,
-            retain=retain,
-        )
+        with self._lock:
+            self.seq += 1
+            self._client.publish(
+                topic(self.device_id, kind),
+                encode(kind, self.device_id, self.seq, body),
+                qos=1,
+                retain=kind == "status",
+            )
 
     def _run(self) -> None:
         started = time.monotonic()
@@ -162,6 +171,8 @@ class GpuBox:
                 },
             )
             frames = 12 + int(2 * wave)
+            missed = 1 if wave > 0.5 else 0  # a dog taken for a cat
+            cats, dogs = frames // 2, frames - frames // 2
             self._send(
                 "inference",
                 {
@@ -172,7 +183,7 @@ class GpuBox:
                     "drops": 0,
                     "queue_depth": 0,
                     "errors": 0,
-                    "class_counts": {"cat": frames // 2, "dog": frames - frames // 2},
+                    "class_counts": {"cat": cats + missed, "dog": dogs - missed},
                     "model": "tiny",
                     "version": "1.0.0",
                 },
@@ -182,13 +193,31 @@ class GpuBox:
                 {
                     "window_s": self.every_s,
                     "labelled": frames,
-                    "correct": frames - (1 if wave > 0.5 else 0),
-                    "accuracy": (frames - (1 if wave > 0.5 else 0)) / frames,
-                    "per_class": {},
+                    "correct": frames - missed,
+                    "accuracy": (frames - missed) / frames,
+                    "per_class": {
+                        "cat": _class_figures(cats, cats + missed, cats),
+                        "dog": _class_figures(dogs, dogs - missed, dogs - missed),
+                    },
                     "model": "tiny",
                     "version": "1.0.0",
                 },
             )
+
+
+def _class_figures(support: int, predicted: int, true_positives: int) -> dict[str, Any]:
+    """One class's accuracy figures as an agent reports them."""
+    precision = true_positives / predicted if predicted else 0.0
+    recall = true_positives / support if support else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "support": support,
+        "predicted": predicted,
+        "true_positives": true_positives,
+    }
 
 
 @dataclass
@@ -228,6 +257,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     data = tmp_path_factory.mktemp("console")
     patch = pytest.MonkeyPatch()
     patch.setenv("CORRAL_ROLLOUT_INTERVAL_S", "0.5")
+    patch.setenv("CORRAL_ALERTS__INTERVAL_S", "1")
+    patch.setenv("CORRAL_POLICIES", json.dumps([POLICY]))
     run = uuid.uuid4().hex[:6]
     with LocalFleet(data, python=sys.executable) as local:
         local.start_broker(f"{MOSQUITTO[0]}:{MOSQUITTO[1]}")

@@ -20,6 +20,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from corral.payloads import encode
 from corral.topics import topic
 from registry.api.routes.series import FIELDS, MAX_SPARKLINE_DEVICES, SCAN_FACTOR
+from registry.tables import Alert
 
 
 @pytest.fixture
@@ -224,7 +225,7 @@ def test_the_stream_sends_the_fleet_then_only_changes(registry: Any) -> None:
         lines = response.iter_lines()
         first = _events(lines, "tick")
         names = [n for n, _ in first]
-        assert names == ["hello", "devices", "rollouts", "tick"]
+        assert names == ["hello", "devices", "rollouts", "alerts", "tick"]
         assert first[0][1] == {"name": "admin", "role": "admin", "interval_s": 0.5}
         devices = first[1][1]
         assert devices["full"] is True and devices["removed"] == []
@@ -232,6 +233,7 @@ def test_the_stream_sends_the_fleet_then_only_changes(registry: Any) -> None:
         assert devices["changed"] == registry.admin.get("/api/v1/devices").json()
         assert [d["device_id"] for d in devices["changed"]] == [device]
         assert first[2][1] == {"full": True, "changed": [], "removed": []}
+        assert first[3][1]["firing"] == 0 and first[3][1]["latest"] == 0
         # Nothing changed: the next snapshot is a bare tick.
         assert [n for n, _ in _events(lines, "tick")] == ["tick"]
         patch = registry.admin.patch(f"/api/v1/devices/{device}", json={"site": "north-gate"})
@@ -241,6 +243,54 @@ def test_the_stream_sends_the_fleet_then_only_changes(registry: Any) -> None:
             changed = [(n, b) for n, b in _events(lines, "tick") if n == "devices"]
         assert changed and changed[0][1]["full"] is False
         assert [d["site"] for d in changed[0][1]["changed"]] == ["north-gate"]
+
+
+def _alert(severity: str, **extra: Any) -> Alert:
+    now = datetime.now(UTC)
+    return Alert(
+        rule="device_offline",
+        subject=f"device:{severity}-{time.monotonic_ns()}",
+        severity=severity,
+        message="offline",
+        data={},
+        started_at=now,
+        last_seen_at=now,
+        notified={},
+        **extra,
+    )
+
+
+def test_the_stream_counts_the_firing_alerts(registry: Any) -> None:
+    with registry.context.sessions() as session:
+        session.add_all(
+            [
+                _alert("critical"),
+                _alert("warning", acknowledged_at=datetime.now(UTC), acknowledged_by="ops"),
+                _alert("warning", silenced=True),
+                _alert("warning", resolved_at=datetime.now(UTC)),
+            ]
+        )
+        session.commit()
+    params = {"interval_s": 0.5}
+    with registry.admin.stream("GET", "/api/v1/console/stream", params=params) as response:
+        lines = response.iter_lines()
+        digest = dict(_events(lines, "tick"))["alerts"]
+        # Silenced alerts stay out of the counts: the navigation bar must go quiet.
+        assert {k: digest[k] for k in ("firing", "critical", "unacknowledged", "silenced")} == {
+            "firing": 2,
+            "critical": 1,
+            "unacknowledged": 1,
+            "silenced": 1,
+        }
+        assert digest["pending_actions"] == 0 and digest["latest_action"] == 0
+        latest = digest["latest"]
+        assert "alerts" not in dict(_events(lines, "tick"))  # unchanged: not sent again
+        ack = registry.admin.post(f"/api/v1/alerts/{latest - 3}/ack", json={"note": "on it"})
+        assert ack.status_code == 200, ack.text
+        now = dict(_events(lines, "tick"))
+        if "alerts" not in now:  # the ack landed just after a snapshot
+            now = dict(_events(lines, "tick"))
+        assert now["alerts"]["unacknowledged"] == 0 and now["alerts"]["latest"] == latest
 
 
 def test_the_stream_ends_when_its_token_is_revoked(registry: Any) -> None:

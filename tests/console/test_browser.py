@@ -11,6 +11,10 @@ agents on ``tiny 1.0.0`` and one device with a GPU):
   reloading;
 - press Approve on an approval-mode rollout (a viewer sees no buttons);
 - see on the models page which version runs where;
+- see an alert fire (the GPU box goes offline) on the alerts page and in the
+  navigation bar's count, acknowledge it with a note, approve the governance
+  action it caused, silence it and end the silence, see it resolve, and find
+  the device's quality figures one click away (a viewer sees no buttons);
 - load the fleet page with a thousand more devices in the database, and
   measure how long that takes.
 
@@ -91,9 +95,9 @@ class Console:
     def data(self, selector: str, key: str) -> str:
         return str(self.page.get_attribute(selector, f"data-{key}") or "")
 
-    def shot(self, folder: Path, name: str) -> None:
+    def shot(self, folder: Path, name: str, *, full_page: bool = False) -> None:
         path = folder / name
-        self.page.screenshot(path=str(path))
+        self.page.screenshot(path=str(path), full_page=full_page)
         if folder == SCREENSHOTS:  # kept in git: a 256-colour palette makes them a third
             with Image.open(path) as image:
                 small = image.convert("RGB").quantize(256, dither=Image.Dither.NONE)
@@ -328,6 +332,103 @@ def test_the_models_page_shows_where_each_version_runs(
     page.wait_for_selector("text=Per class (test split)")
     assert "ds-2a91c0e77f3" in section.inner_text()
     tab.shot(shots, "models.png")
+
+
+def _nav_count(tab: Console) -> int:
+    return int(tab.data("#nav-alerts", "firing") or 0)
+
+
+def test_an_alert_fires_and_an_operator_acknowledges_it(
+    tab: Console, browser: Any, world: World, shots: Path
+) -> None:
+    page = tab.page
+    gpu = world.gpu.device_id
+    subject = f"device:{gpu}"
+    tab.sign_in(world.operator_token)
+    tab.open("#/alerts")
+    tab.ready()
+    started = time.monotonic()
+    world.gpu.set_status("offline")  # what its last will would say
+    try:
+        row = page.locator(
+            f"#alerts-firing tr[data-rule='device_offline'][data-subject='{subject}']"
+        )
+        row.wait_for()
+        fired = time.monotonic() - started
+        alert_id = int(row.get_attribute("data-alert") or 0)
+        assert "critical" in row.locator("td").first.inner_text()
+        assert row.locator(f"a[href='#/devices/{gpu}']").count() == 1
+        assert "last will" in row.inner_text()
+
+        # The navigation bar counts it, from the stream (other rules may fire meanwhile).
+        def counted() -> bool:
+            with world.local.client() as client:
+                firing = [a for a in client.alerts() if not a["silenced"]]
+            return _nav_count(tab) == len(firing) and any(a["id"] == alert_id for a in firing)
+
+        _wait(counted, "the navigation bar to count the firing alerts", 15)
+        _wait(page.locator("#alert-count.critical").is_visible, "a red count", 5)
+
+        # Acknowledge with a note: the row says who, and the button goes.
+        row.locator("button[data-ack]").click()
+        page.fill("#ack-note", "driving to gate 3")
+        page.click("#ack-submit")
+        _wait(lambda: "night-operator" in row.locator("td.ack").inner_text(), "acknowledged by")
+        assert row.locator("button[data-ack]").count() == 0
+        # The policy's action waits for an operator.
+        action = page.locator(
+            f"#alerts-actions tr[data-state='pending']:has(a[href='#/devices/{gpu}'])"
+        )
+        action.wait_for()
+        tab.shot(shots, "alerts.png", full_page=True)  # the pending action is at the bottom
+
+        # A viewer sees the same alert, acknowledged, and no button at all.
+        viewer = Console(browser, world)
+        try:
+            viewer.sign_in(world.viewer_token)
+            viewer.open("#/alerts")
+            seen = viewer.page.locator(f"#alerts-firing tr[data-alert='{alert_id}']")
+            seen.wait_for()
+            assert "night-operator" in seen.inner_text()
+            assert viewer.page.locator("#alerts-readonly").is_visible()
+            assert viewer.page.locator("#page button").count() == 0
+        finally:
+            viewer.close()
+
+        action.locator("button[data-approve]").click()
+        done = page.locator(f"#alerts-actions tr[data-state='done']:has(a[href='#/devices/{gpu}'])")
+        done.wait_for()
+        assert "notified" in done.inner_text() and "night-operator" in done.inner_text()
+
+        # Silence it from its row (rule and subject filled in), then end the silence.
+        row.locator("button[data-silence]").click()
+        assert page.input_value("#silence-subject") == subject
+        assert page.input_value("#silence-rule") == "device_offline"
+        page.fill("#silence-hours", "1")
+        page.fill("#silence-reason", "camera replaced")
+        page.click("#silence-submit")
+        silence = page.locator("#alerts-silences tr[data-silence]:has-text('camera replaced')")
+        silence.wait_for()
+        assert "in 59 min" in silence.inner_text() or "in 1 h" in silence.inner_text()
+        silence.locator("button[data-end]").click()
+        silence.wait_for(state="detached")
+    finally:
+        world.gpu.set_status("online")
+    # Back online: the alert resolves and moves down, with who acknowledged it.
+    gone = page.locator(f"#alerts-resolved tr[data-alert='{alert_id}']")
+    gone.wait_for()
+    assert "night-operator" in gone.inner_text()
+    with world.local.client() as client:
+        notes = client.audit(action="alert.ack", target=f"alert:{alert_id}")
+    assert [n["details"]["note"] for n in notes] == ["driving to gate 3"]
+
+    # The subject links to the device, whose quality panel shows what the rules see.
+    gone.locator(f"a[href='#/devices/{gpu}']").click()
+    page.wait_for_url(f"**/#/devices/{gpu}")
+    page.wait_for_selector("#device-quality tr[data-class='dog']")
+    assert int(tab.data("#device-quality", "labelled")) > 0
+    assert "of tiny 1.0.0" in page.inner_text("#device-quality")
+    print(f"console.alert_seen_s {fired:.1f}")
 
 
 def _thousand_devices(world: World, n: int = 1000) -> None:

@@ -8,8 +8,9 @@ route                              who       what
                                              libraries (``registry/static``), with ETags
 ``GET /api/v1/console/me``         viewer    the signed-in token's name and role, so
                                              the page shows only the buttons it may use
-``GET /api/v1/console/stream``     viewer    server-sent events: the fleet and the
-                                             rollouts as they change (below)
+``GET /api/v1/console/stream``     viewer    server-sent events: the fleet, the
+                                             rollouts and the count of firing alerts
+                                             as they change (below)
 =================================  ========  ===========================================
 
 Sign-in: the page takes an API token in a form (or once from ``#token=``, the
@@ -27,7 +28,10 @@ session (never a session held open for the stream's life: on SQLite an open
 read transaction keeps the WAL from being checkpointed). The first
 ``devices`` and ``rollouts`` events carry everything (``full: true``); later
 ones only the devices and rollouts whose summary changed, and ids that went
-away. A ``tick`` event closes every snapshot. The token is checked again on
+away. An ``alerts`` event carries the counts of firing alerts and the newest
+alert and governance action (the navigation bar's count; the alerts page
+reloads when it changes), first and whenever it changes. A ``tick`` event
+closes every snapshot. The token is checked again on
 every snapshot, so a revoked token's stream ends within one interval with a
 ``denied`` event. A stream lasts ``STREAM_S`` seconds, then the page
 reconnects (and gets a full snapshot again): uvicorn waits for open
@@ -37,7 +41,8 @@ registry hostage.
 One snapshot is one column query over the devices (no ORM objects: about
 11 ms for a thousand devices on this 2-core machine), one over the 200
 newest rollouts and two grouped counts over their devices and log entries,
-the same order of work as one ``/metrics`` scrape.
+two small counts over the open alerts and actions: the same order of work as
+one ``/metrics`` scrape.
 """
 
 from __future__ import annotations
@@ -64,7 +69,14 @@ from registry.api.deps import ContextDep, ViewerDep, identify
 from registry.core.context import RegistryContext
 from registry.core.security import Caller, Role
 from registry.errors import AuthError, NotFoundError
-from registry.tables import Device, Rollout, RolloutDevice, RolloutLogEntry
+from registry.tables import (
+    Alert,
+    Device,
+    PolicyAction,
+    Rollout,
+    RolloutDevice,
+    RolloutLogEntry,
+)
 
 __all__ = ["ACTIVE_STATES", "STREAM_S", "ConsoleUser", "router"]
 
@@ -234,10 +246,59 @@ def _rollout_digests(session: Session) -> list[dict[str, Any]]:
     return digests
 
 
+def _alert_digest(session: Session) -> dict[str, Any]:
+    """Counts of the firing alerts and the open governance actions, and the newest of each.
+
+    ``firing``, ``critical`` and ``unacknowledged`` leave silenced alerts out: a
+    silence is there to stop the noise, the navigation bar included.
+    """
+    digest = {
+        "firing": 0,
+        "critical": 0,
+        "unacknowledged": 0,
+        "silenced": 0,
+        "latest": 0,
+        "pending_actions": 0,
+        "open_actions": 0,
+        "latest_action": 0,
+    }
+    rows = session.execute(
+        select(
+            Alert.severity,
+            Alert.silenced,
+            func.count(),
+            func.count(Alert.acknowledged_at),
+        )
+        .where(Alert.resolved_at.is_(None))
+        .group_by(Alert.severity, Alert.silenced)
+    )
+    for severity, silenced, n, acknowledged in rows:
+        if silenced:
+            digest["silenced"] += n
+            continue
+        digest["firing"] += n
+        digest["unacknowledged"] += n - acknowledged
+        if severity == "critical":
+            digest["critical"] += n
+    for state, n in session.execute(
+        select(PolicyAction.state, func.count())
+        .where(PolicyAction.state.in_(("pending", "queued", "running")))
+        .group_by(PolicyAction.state)
+    ):
+        digest["open_actions"] += n
+        if state == "pending":
+            digest["pending_actions"] = n
+    # The newest ids tell the alerts page that one fired and another resolved meanwhile.
+    digest["latest"] = session.scalar(select(func.max(Alert.id))) or 0
+    digest["latest_action"] = session.scalar(select(func.max(PolicyAction.id))) or 0
+    return digest
+
+
 @dataclass
 class _Snapshot:
     devices: dict[str, dict[str, Any]]
     rollouts: dict[int, dict[str, Any]]
+    alerts: dict[str, Any]
 
 
 #: The device columns a summary is made of, read without building ORM objects.
@@ -305,14 +366,18 @@ def _fleet(session: Session) -> dict[str, dict[str, Any]]:
 
 
 def _snapshot(context: RegistryContext, authorization: str | None) -> _Snapshot:
-    """One look at the fleet and the rollouts, in a session of its own.
+    """One look at the fleet, the rollouts and the alerts, in a session of its own.
 
     Raises:
         AuthError: the token is no longer good for the console.
     """
     with context.sessions() as session:
         _authorise(context, session, authorization)
-        return _Snapshot(_fleet(session), {r["id"]: r for r in _rollout_digests(session)})
+        return _Snapshot(
+            _fleet(session),
+            {r["id"]: r for r in _rollout_digests(session)},
+            _alert_digest(session),
+        )
 
 
 def _event(name: str, data: Any) -> bytes:
@@ -325,6 +390,7 @@ class _Sent:
 
     devices: dict[str, dict[str, Any]] = field(default_factory=dict)
     rollouts: dict[int, dict[str, Any]] = field(default_factory=dict)
+    alerts: dict[str, Any] = field(default_factory=dict)
     first: bool = True
 
 
@@ -342,7 +408,10 @@ def _changes(sent: _Sent, now: _Snapshot) -> list[bytes]:
         if sent.first or changed or removed:
             body = {"full": sent.first, "changed": changed, "removed": removed}
             events.append(_event(name, body))
-    sent.devices, sent.rollouts, sent.first = now.devices, now.rollouts, False
+    if sent.first or now.alerts != sent.alerts:
+        events.append(_event("alerts", now.alerts))
+    sent.devices, sent.rollouts, sent.alerts = now.devices, now.rollouts, now.alerts
+    sent.first = False
     return events
 
 
@@ -380,7 +449,7 @@ async def stream(
     authorization: Annotated[str | None, Header()] = None,
     interval_s: Annotated[float, Query(ge=0.5, le=30.0)] = 2.0,
 ) -> StreamingResponse:
-    """Server-sent events of the fleet and the rollouts as they change (module docstring).
+    """Server-sent events of the fleet, rollouts and alerts as they change (module docstring).
 
     Raises:
         AuthError: no token, an unknown or revoked one, or a device token (403,

@@ -2,7 +2,10 @@
 //
 //   #/                 fleet overview        #/models            model versions
 //   #/devices/ID       one device            #/rollouts          every rollout
-//                                            #/rollouts/ID       one rollout
+//   #/alerts           alerts, silences,     #/rollouts/ID       one rollout
+//                      governance actions
+//
+// The navigation bar counts the firing alerts, from the stream's alert counts.
 //
 // The token comes from the sign-in form (or once from #token=..., the address
 // `corral registry serve` prints) and is kept in sessionStorage: this tab only.
@@ -14,6 +17,7 @@ import * as fleet from "./fleet.js";
 import * as device from "./device.js";
 import * as models from "./models.js";
 import * as rollouts from "./rollouts.js";
+import * as alerts from "./alerts.js";
 
 const KEY = "corral-token";
 const $ = id => document.getElementById(id);
@@ -24,6 +28,7 @@ const routes = [
   [/^#\/models$/, models, "models"],
   [/^#\/rollouts$/, rollouts.list, "rollouts"],
   [/^#\/rollouts\/(\d+)$/, rollouts.detail, "rollouts"],
+  [/^#\/alerts$/, alerts, "alerts"],
 ];
 
 let session = null; // {api, store, live, user, canOperate}
@@ -39,12 +44,27 @@ function takeTokenFromAddress() {
   history.replaceState(null, "", location.pathname + (query.toString() ? "?" + query : "") + "#/");
 }
 
+/** The firing alerts (silenced ones left out) on the navigation bar; red when one is critical. */
+function showAlertCount(digest) {
+  const n = digest ? digest.firing : 0;
+  const count = $("alert-count");
+  count.textContent = String(n);
+  count.hidden = !n;
+  count.className = "count" + (digest && digest.critical ? " critical" : "");
+  $("nav-alerts").dataset.firing = String(n);
+  $("nav-alerts").title = digest
+    ? `${n} firing (${digest.critical} critical, ${digest.unacknowledged} unacknowledged), ` +
+      `${digest.silenced} silenced; ${digest.pending_actions} action(s) waiting for approval`
+    : "";
+}
+
 function showLogin(message) {
   if (unmount) unmount();
   unmount = null;
   if (session) session.live.stop();
   session = null;
   document.body.dataset.role = "";
+  showAlertCount(null);
   $("page").hidden = true;
   $("page").replaceChildren();
   for (const id of ["nav", "live", "user", "signout"]) $(id).hidden = true;
@@ -72,6 +92,8 @@ async function signIn(token) {
     },
   });
   session = { api, store, live, user, canOperate: user.role === "operator" || user.role === "admin" };
+  showAlertCount(null);
+  store.subscribe(kind => { if (kind === "alerts") showAlertCount(store.alerts); });
   document.body.dataset.role = user.role;
   $("login").hidden = true;
   $("page").hidden = false;

@@ -1,7 +1,9 @@
 // One device: what it reports now, charts of its inference, accuracy and telemetry
-// over a time window, its installs and its events. Charts load the window once
-// (GET /api/v1/devices/ID/series) and then, whenever the stream says the device
-// reported, fetch only the points after the last seq they hold.
+// over a time window, its quality as the alert rules see it, its installs and its
+// events. Charts load the window once (GET /api/v1/devices/ID/series) and then,
+// whenever the stream says the device reported, fetch only the points after the
+// last seq they hold. The quality panel (GET /api/v1/devices/ID/quality) covers
+// the rules' own window and reloads at most every QUALITY_EVERY_MS.
 "use strict";
 
 import { timeChart } from "./charts.js";
@@ -12,6 +14,13 @@ import {
 const WINDOWS = [["15 min", 900], ["1 h", 3600], ["6 h", 21600], ["24 h", 86400]];
 const LIMIT = 2000;
 const DETAIL_EVERY_MS = 5000;
+const QUALITY_EVERY_MS = 10000;
+const DRIFT_TESTS = {
+  chi2_classes: "classes, chi-square",
+  ks_confidence: "confidence, Kolmogorov-Smirnov",
+  js_classes: "classes, Jensen-Shannon distance",
+  psi_confidence: "confidence, PSI",
+};
 
 // kind -> chart: which series fields to draw, with labels, units and axis.
 const CHARTS = {
@@ -49,6 +58,7 @@ export function mount(root, session, id) {
   let windowS = 3600;
   let alive = true;
   let lastDetail = 0;
+  let lastQuality = 0;
   let pulling = false;
   let again = false;
   const data = {}; // kind -> {ts, seq, values}
@@ -70,6 +80,8 @@ export function mount(root, session, id) {
     const el = h("div", { class: "chart", id: "chart-" + kind });
     return [kind, h("div", { class: "panel" }, el), el];
   });
+  const quality = h("div", { class: "panel quality", id: "device-quality" },
+    h("h2", {}, "Quality"), h("p", { class: "muted" }, "Loading…"));
   const versions = h("tbody", { id: "device-versions" });
   const events = h("tbody", { id: "device-events" });
   root.append(
@@ -78,7 +90,8 @@ export function mount(root, session, id) {
     h("div", { class: "panel" }, facts, note),
     h("div", { class: "toolbar", style: "margin-top:1rem" }, h("strong", {}, "Window"),
       h("span", { class: "windows" }, windowButtons)),
-    h("div", { class: "grid2" }, chartPanels.map(([, panel]) => panel)),
+    // Three charts leave the grid a fourth place: quality sits beside the hardware.
+    h("div", { class: "grid2" }, chartPanels.map(([, panel]) => panel), quality),
     h("div", { class: "grid2" },
       h("div", {}, h("h2", {}, "Installed versions"),
         h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "When"), h("th", {}, "What"), h("th", {}, "Version"))), versions)),
@@ -132,6 +145,62 @@ export function mount(root, session, id) {
     events.replaceChildren(...(detail.events.length ? detail.events.map(e => h("tr", {},
       h("td", { class: "num" }, e.seq), h("td", {}, when(e.ts)), h("td", {}, e.event),
       h("td", { style: "white-space:normal" }, e.message))) : [h("tr", {}, h("td", { colspan: 4, class: "empty" }, "No events yet."))]));
+  }
+
+  function renderQuality(q) {
+    const minutes = Math.round(q.window_s / 60);
+    const fact = (label, value) => [h("dt", {}, label), h("dd", {}, value)];
+    const gap = q.recall_gap;
+    const classes = Object.entries(q.per_class);
+    quality.dataset.labelled = String(q.labelled);
+    quality.dataset.classes = String(classes.length);
+    quality.replaceChildren(
+      h("h2", {}, "Quality ", h("span", { class: "muted small" },
+        `last ${minutes} min of ${q.model ? `${q.model} ${text(q.version)}` : "its current version"}: what the alert rules see`)),
+      h("dl", { class: "facts" },
+        ...fact("Accuracy", `${percent(q.accuracy)} of ${q.labelled} labelled`),
+        ...fact("Macro F1", fixed(q.macro_f1, 3)),
+        ...fact("Recall gap", !gap ? DASH : gap.best === gap.worst ? fixed(gap.gap, 3)
+          : `${fixed(gap.gap, 3)} (${gap.best} over ${gap.worst})`),
+        ...fact("Windows / frames", `${q.windows} / ${q.frames}`)),
+      h("div", { class: "grid2", style: "margin-top:.75rem" },
+        h("div", {}, h("h3", {}, "Per class"), classes.length
+          ? h("table", { class: "gates" },
+            h("thead", {}, h("tr", {}, ["Class", "Precision", "Recall", "F1", "Support", "Predicted"]
+              .map((c, i) => h("th", { class: i ? "num" : "" }, c)))),
+            h("tbody", {}, classes.map(([label, c]) => h("tr", { dataset: { class: label } },
+              h("td", {}, label),
+              h("td", { class: "num" }, fixed(c.precision, 3)),
+              h("td", { class: "num" }, fixed(c.recall, 3)),
+              h("td", { class: "num" }, fixed(c.f1, 3)),
+              h("td", { class: "num" }, c.support),
+              h("td", { class: "num" }, c.predicted)))))
+          : h("p", { class: "muted small" }, "No labelled frames with per-class figures in this window.")),
+        h("div", {}, h("h3", {}, "Drift from the bundle's baseline"), q.drift.length
+          ? h("table", { class: "gates", id: "device-drift" },
+            h("thead", {}, h("tr", {}, ["Test", "Value", "p-value", "Effective n", "Limit"]
+              .map((c, i) => h("th", { class: i ? "num" : "" }, c)))),
+            h("tbody", {}, q.drift.map(d => h("tr", { dataset: { test: d.test } },
+              h("td", {}, DRIFT_TESTS[d.test] || d.test),
+              h("td", { class: "num" }, fixed(d.value, 4)),
+              h("td", { class: "num" }, d.p_value === null ? DASH : Number(d.p_value).toPrecision(2)),
+              h("td", { class: "num" }, fixed(d.effective_n, 0)),
+              // Small windows are judged by p-value across the fleet (FDR), large ones by this limit.
+              h("td", { class: "num" }, d.p_value === null ? fixed(d.threshold, 3) : "FDR")))))
+          : h("p", { class: "muted small" }, "No drift test: no baseline in this version's bundle, or no frames in the window."))),
+    );
+  }
+
+  async function loadQuality() {
+    lastQuality = Date.now();
+    try {
+      const answer = await api.get(`/api/v1/devices/${encodeURIComponent(id)}/quality`);
+      if (alive) renderQuality(answer);
+    } catch (e) {
+      if (!alive) return;
+      quality.hidden = e.status === 404; // the facts panel says there is no such device
+      quality.replaceChildren(h("h2", {}, "Quality"), h("p", { class: "error" }, "Could not load the quality figures: " + e.message));
+    }
   }
 
   async function loadDetail() {
@@ -221,6 +290,7 @@ export function mount(root, session, id) {
       lastSeen = d.last_seen;
       pull();
       if (Date.now() - lastDetail > DETAIL_EVERY_MS) loadDetail();
+      if (Date.now() - lastQuality > QUALITY_EVERY_MS) loadQuality();
     }
   });
   const clock = setInterval(() => {
@@ -229,6 +299,7 @@ export function mount(root, session, id) {
   }, 1000);
   if (store.devices.has(id)) renderFacts(store.devices.get(id));
   loadDetail();
+  loadQuality();
   loadAll();
   return () => {
     alive = false;

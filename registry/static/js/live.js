@@ -1,6 +1,7 @@
 // The live stream (GET /api/v1/console/stream): server-sent events read with fetch,
 // because EventSource cannot send the Authorization header. The store keeps the
-// fleet and the rollouts as the stream tells them; pages subscribe to changes.
+// fleet, the rollouts and the alert counts as the stream tells them; pages
+// subscribe to changes.
 "use strict";
 
 /** Parse a text/event-stream body into {event, data} objects as chunks arrive. */
@@ -31,12 +32,13 @@ export class SseParser {
   }
 }
 
-/** The fleet and the rollouts, kept current by the stream. */
+/** The fleet, the rollouts and the alert counts, kept current by the stream. */
 export class Store {
   constructor() {
     this.devices = new Map();
     this.rollouts = new Map();
-    this.loaded = { devices: false, rollouts: false };
+    this.alerts = null; // {firing, critical, unacknowledged, silenced, latest, pending_actions, ...}
+    this.loaded = { devices: false, rollouts: false, alerts: false };
     this.listeners = new Set();
   }
 
@@ -58,6 +60,13 @@ export class Store {
     for (const id of body.removed) map.delete(id);
     this.loaded[kind] = true;
     for (const fn of this.listeners) fn(kind, changed.concat(body.removed), body.full);
+  }
+
+  /** The stream sends the alert counts whole, first and whenever they change. */
+  setAlerts(digest) {
+    this.alerts = digest;
+    this.loaded.alerts = true;
+    for (const fn of this.listeners) fn("alerts", [], true);
   }
 }
 
@@ -115,6 +124,7 @@ export class Live {
       const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
       const parser = new SseParser(({ event, data }) => {
         if (event === "devices" || event === "rollouts") this.store.apply(event, data);
+        else if (event === "alerts") this.store.setAlerts(data);
         else if (event === "tick") {
           this.failures = 0;
           this.lastTick = data.at;

@@ -112,6 +112,10 @@ export class Api {
   post(path, body) {
     return this.request("POST", path, body);
   }
+
+  delete(path) {
+    return this.request("DELETE", path);
+  }
 }
 
 /** Run fn at most once per animation frame, however often it is asked for. */
