@@ -319,7 +319,7 @@ class Alert(Base):
     data: Mapped[dict[str, Any]] = mapped_column(default=dict)
     started_at: Mapped[datetime]
     last_seen_at: Mapped[datetime]
-    resolved_at: Mapped[datetime | None]
+    resolved_at: Mapped[datetime | None] = mapped_column(index=True)
     acknowledged_at: Mapped[datetime | None]
     acknowledged_by: Mapped[str | None] = mapped_column(String(80))
     silenced: Mapped[bool] = mapped_column(default=False)

@@ -138,6 +138,7 @@ class Alerts:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._streaks: dict[str, int] = {}
+        self._holding: dict[tuple[str, str], int] = {}
         self._profiles: dict[str, FirmwareProfile] | None = None
 
     # --- background --------------------------------------------------------------------
@@ -186,15 +187,35 @@ class Alerts:
         return fired_out
 
     def findings(self, session: Session, now: datetime) -> list[Finding]:
-        """Every rule that holds now (no writes)."""
+        """Every rule that holds now, and for long enough (no writes)."""
         devices = list(session.scalars(select(Device).where(Device.revoked_at.is_(None))))
         windows = self.windows(session, devices, now)
         found: list[Finding] = []
         for device in devices:
             found += self._device_rules(device, windows.get(device.id), now)
+        rows = session.execute(
+            select(Alert.rule, Alert.subject).where(Alert.resolved_at.is_(None))
+        ).all()
+        open_keys = {(str(row[0]), str(row[1])) for row in rows}
+        found = self._held(found, open_keys)
         found += self._drift_rules(session, devices, windows)
         found += self._rollout_rules(session, now)
         return found
+
+    def _held(
+        self, findings: list[Finding], open_keys: set[tuple[str, str]]
+    ) -> list[Finding]:
+        """Findings that held ``for_evaluations`` times in a row, or whose alert is open
+        already (a restarted registry must not resolve and re-fire it); offline at once."""
+        now_holding = {(f.rule, f.subject) for f in findings}
+        self._holding = {key: self._holding.get(key, 0) + 1 for key in now_holding}
+        return [
+            f
+            for f in findings
+            if f.rule == "device_offline"
+            or (f.rule, f.subject) in open_keys
+            or self._holding[(f.rule, f.subject)] >= self.rules.for_evaluations
+        ]
 
     def windows(
         self, session: Session, devices: list[Device], now: datetime
@@ -203,16 +224,24 @@ class Alerts:
         by_id = {d.id: d for d in devices}
         out = {d.id: DeviceWindow(d.id, d.model, d.version) for d in devices}
         since = now - timedelta(seconds=self.rules.window_s)
-        rows = session.execute(
-            select(Message.device_id, Message.kind, Message.received_at, Message.payload).where(
-                Message.kind.in_(("inference", "accuracy")), Message.received_at >= since
-            )
-        ).all()
+        query = select(Message.device_id, Message.kind, Message.received_at, Message.payload).where(
+            Message.kind.in_(("inference", "accuracy")), Message.received_at >= since
+        )
+        if len(by_id) <= 500:  # one device's page, a small fleet: read only theirs
+            query = query.where(Message.device_id.in_(list(by_id)))
+        rows = session.execute(query).all()
         for device_id, kind, received, payload in cast("list[_Row]", rows):
             device = by_id.get(device_id)
-            if device is None or payload.get("version") != device.version:
+            if device is None:
                 continue
-            out[device_id].add(kind, payload, as_utc(received))
+            window = out[device_id]
+            at = as_utc(received)
+            if kind == "inference" and (
+                window.last_any_inference_at is None or at > window.last_any_inference_at
+            ):
+                window.last_any_inference_at = at
+            if payload.get("version") == device.version:
+                window.add(kind, payload, at)
         return out
 
     def _profile(self, name: str | None) -> FirmwareProfile | None:
@@ -248,9 +277,15 @@ class Alerts:
             )
             return out  # an offline device's other figures are old news
         if device.state == "online" and device.version is not None and window is not None:
-            last = window.last_inference_at
+            last = window.last_any_inference_at
             age = (now - last).total_seconds() if last is not None else None
-            if age is None or age > r.stale_after_s:
+            # No window at all in window_s: stale only once it has been seen that long.
+            heard_long = (
+                silent_s is not None
+                and seen is not None
+                and (now - as_utc(device.enrolled_at)).total_seconds() > r.window_s
+            )
+            if (age is not None and age > r.stale_after_s) or (age is None and heard_long):
                 out.append(
                     Finding(
                         "stale_data",

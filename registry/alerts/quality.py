@@ -54,6 +54,9 @@ class DeviceWindow:
     label_predicted: Counter[str] = field(default_factory=Counter)
     true_positives: Counter[str] = field(default_factory=Counter)
     last_inference_at: datetime | None = None
+    #: The newest inference window of any version (a device just switched has none
+    #: of its new version yet, and is not stale for it).
+    last_any_inference_at: datetime | None = None
 
     def add(self, kind: str, body: Mapping[str, Any], received: datetime) -> None:
         """Fold one report in (reports of another version are the caller's to skip)."""

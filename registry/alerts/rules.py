@@ -11,6 +11,9 @@ class AlertRules(BaseModel):
     """Thresholds of the alert rules (``CORRAL_ALERTS__<FIELD>`` to override one)."""
 
     interval_s: float = Field(default=10.0, gt=0)
+    #: Evaluations in a row a device rule must hold before it fires (no flapping);
+    #: offline, drift (its own count) and failed rollouts fire at once.
+    for_evaluations: int = Field(default=2, ge=1)
     window_s: float = Field(default=300.0, gt=0)
     offline_after_s: float = Field(default=120.0, gt=0)
     stale_after_s: float = Field(default=120.0, gt=0)

@@ -82,6 +82,7 @@ def test_pin_previous_waits_for_approval_then_moves_the_device_back(registry: An
         device.accuracy(cat=(100, 50), dog=(100, 60))
         registry.wait_for(device.stored, what="windows stored")
         registry.context.alerts.evaluate()
+        registry.context.alerts.evaluate()  # accuracy must hold twice
         pending = _wait_action(registry, "pending")
         time.sleep(1)
         assert registry.admin.get(f"/api/v1/devices/{device.id}/desired").json()["version"] == (
@@ -152,6 +153,7 @@ def test_a_retrain_policy_trains_pushes_and_rolls_out_a_candidate(
         device.accuracy(cat=(100, 40), dog=(100, 70))
         registry.wait_for(device.stored, what="windows stored")
         registry.context.alerts.evaluate()
+        registry.context.alerts.evaluate()  # accuracy must hold twice
         done = _wait_action(registry, "done", timeout=300)
         assert done["result"]["parent"] == "1.0.0"
         assert done["result"]["version"] == "1.1.0"
