@@ -698,7 +698,9 @@ class Rollouts:
             )
         soaked = now - as_utc(rollout.stage_settled_at) >= timedelta(seconds=stage.soak_s)
         new, old, prior = self._windows(session, rollout, moved)
-        results = gates.evaluate(plan.gates, max(stage_total, 1), len(bad), new, old, prior)
+        results = gates.evaluate(
+            plan.gates, max(stage_total, 1), len(bad), new, old, prior, stage.min_labelled
+        )
         short = []
         if new.frames < stage.min_frames:
             short.append(f"frames {new.frames}/{stage.min_frames}")

@@ -249,11 +249,16 @@ def _fps(rules: GateRules, new: Windows, old: Windows) -> GateResult:
     )
 
 
-def _accuracy(rules: GateRules, new: Windows, old: Windows) -> GateResult:
+def _accuracy(rules: GateRules, new: Windows, old: Windows, min_baseline: int) -> GateResult:
     if not new.labelled:
         return GateResult("accuracy", NO_DATA, None, rules.accuracy_alpha, "no labelled frames yet")
     new_acc = new.correct / new.labelled
-    if old.labelled:
+    thin = ""
+    if 0 < old.labelled < min_baseline:
+        # Too few labels on the old version to tell ten points from noise: say so,
+        # and judge by the floor if there is one, rather than pass on a weak test.
+        thin = f"; the old version has only {old.labelled} labels (< {min_baseline})"
+    if old.labelled and not thin:
         z, p = accuracy_test(
             old.correct, old.labelled, new.correct, new.labelled, rules.accuracy_margin
         )
@@ -274,14 +279,15 @@ def _accuracy(rules: GateRules, new: Windows, old: Windows) -> GateResult:
             FAIL if new_acc < rules.min_accuracy else PASS,
             round(new_acc, 4),
             rules.min_accuracy,
-            f"{new_acc:.3f} on {new.labelled} labels; no baseline, against the floor",
+            f"{new_acc:.3f} on {new.labelled} labels; no baseline{thin}, against the floor",
         )
     return GateResult(
         "accuracy",
         NO_DATA,
         round(new_acc, 4),
         None,
-        f"{new_acc:.3f} on {new.labelled} labels; no baseline and no min_accuracy to judge by",
+        f"{new_acc:.3f} on {new.labelled} labels; no baseline{thin}, and no min_accuracy "
+        "to judge by",
     )
 
 
@@ -319,6 +325,7 @@ def evaluate(
     new: Windows,
     old: Windows,
     prior: Mapping[str, float] | None = None,
+    min_baseline: int = 0,
 ) -> list[GateResult]:
     """Every gate of a stage.
 
@@ -329,13 +336,14 @@ def evaluate(
         new: the moved devices' reports on the new version since they converged.
         old: the same devices' reports on their previous version before they moved.
         prior: the new bundle's class prior (``drift_baseline.class_prior``).
+        min_baseline: fewer labels than this on the old version are no baseline.
     """
     return [
         _install(rules, moved, failed),
         _errors(rules, new),
         _latency(rules, new, old),
         _fps(rules, new, old),
-        _accuracy(rules, new, old),
+        _accuracy(rules, new, old, min_baseline),
         _drift(rules, new, prior),
         _gpu(rules, new),
     ]

@@ -114,3 +114,16 @@ def test_without_a_baseline_accuracy_is_judged_against_the_floor_if_there_is_one
     floor = GateRules(min_accuracy=0.85)
     judged = next(r for r in evaluate(floor, 1, 0, new, Windows()) if r.name == "accuracy")
     assert judged.failed
+
+
+def test_too_few_old_labels_are_no_baseline_and_the_floor_judges() -> None:
+    old, new = _windows(10, 15, 120, 108), _windows(10, 15, 500, 400)
+    weak = next(
+        r for r in evaluate(GateRules(), 1, 0, new, old, min_baseline=300) if r.name == "accuracy"
+    )
+    assert weak.status == "no data" and "only 120 labels" in weak.detail
+    floor = GateRules(min_accuracy=0.85)
+    judged = next(
+        r for r in evaluate(floor, 1, 0, new, old, min_baseline=300) if r.name == "accuracy"
+    )
+    assert judged.failed
