@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -55,6 +54,7 @@ from registry.alerts import stats
 from registry.alerts.quality import DeviceWindow, Drift, drift
 from registry.alerts.rules import AlertRules
 from registry.core.db import SessionFactory
+from registry.periodic import Periodic
 from registry.tables import Alert, Device, Message, ModelVersion, Rollout, Silence
 
 __all__ = ["AlertRules", "Alerts", "Finding", "alert_out"]
@@ -135,8 +135,7 @@ class Alerts:
         self.rules = rules
         self.publish = publish
         self.on_fire = on_fire
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._periodic = Periodic("alerts", rules.interval_s, self.evaluate)
         self._streaks: dict[str, int] = {}
         self._holding: dict[tuple[str, str], int] = {}
         self._profiles: dict[str, FirmwareProfile] | None = None
@@ -145,25 +144,11 @@ class Alerts:
 
     def start(self) -> None:
         """Evaluate every ``rules.interval_s`` in a background thread."""
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="alerts", daemon=True)
-        self._thread.start()
+        self._periodic.start()
 
     def stop(self) -> None:
         """Stop the background thread."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(10)
-            self._thread = None
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.rules.interval_s):
-            try:
-                self.evaluate()
-            except Exception:  # the loop must outlive one bad evaluation
-                logger.exception(
-                    "evaluating alerts failed; retrying in %.0f s", self.rules.interval_s
-                )
+        self._periodic.stop()
 
     # --- evaluation ----------------------------------------------------------------------
 
@@ -202,9 +187,7 @@ class Alerts:
         found += self._rollout_rules(session, now)
         return found
 
-    def _held(
-        self, findings: list[Finding], open_keys: set[tuple[str, str]]
-    ) -> list[Finding]:
+    def _held(self, findings: list[Finding], open_keys: set[tuple[str, str]]) -> list[Finding]:
         """Findings that held ``for_evaluations`` times in a row, or whose alert is open
         already (a restarted registry must not resolve and re-fire it); offline at once."""
         now_holding = {(f.rule, f.subject) for f in findings}

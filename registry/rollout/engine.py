@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -40,6 +39,7 @@ from sqlalchemy.orm import Session
 from registry._time import as_utc, utcnow
 from registry.core.db import SessionFactory
 from registry.errors import ConflictError, InvalidInputError, NotFoundError
+from registry.periodic import Periodic
 from registry.rollout import ab, gates
 from registry.rollout.plan import GateRules, RolloutPlan, Selector, Stage
 from registry.tables import (
@@ -142,30 +142,17 @@ class Rollouts:
         self.publish = publish
         self.interval_s = interval_s
         self.require_staging = require_staging
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._periodic = Periodic("rollouts", interval_s, self.tick)
 
     # --- background -----------------------------------------------------------
 
     def start(self) -> None:
         """Advance active rollouts every ``interval_s`` in a background thread."""
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="rollouts", daemon=True)
-        self._thread.start()
+        self._periodic.start()
 
     def stop(self) -> None:
         """Stop the background thread (a rollout in progress resumes at the next start)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(10)
-            self._thread = None
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                self.tick()
-            except Exception:  # the loop must outlive one bad tick; the next retries
-                logger.exception("advancing rollouts failed; retrying in %.0f s", self.interval_s)
+        self._periodic.stop()
 
     def tick(self, now: datetime | None = None) -> None:
         """Advance every active rollout once, each in its own transaction."""
