@@ -297,7 +297,9 @@ class Rollouts:
             "or a finished staging rollout, can be approved"
         )
 
-    def pause(self, session: Session, rollout_id: int, actor: str, note: str = "") -> Rollout:
+    def pause(
+        self, session: Session, rollout_id: int, actor: str, note: str = ""
+    ) -> tuple[Rollout, list[Hint]]:
         """Stop advancing (devices already moving finish their install).
 
         Raises:
@@ -311,9 +313,11 @@ class Rollouts:
             )
         rollout.state, rollout.updated_at = "paused", utcnow()
         _log(session, rollout, actor, "pause", note or "paused")
-        return rollout
+        return rollout, []
 
-    def resume(self, session: Session, rollout_id: int, actor: str, note: str = "") -> Rollout:
+    def resume(
+        self, session: Session, rollout_id: int, actor: str, note: str = ""
+    ) -> tuple[Rollout, list[Hint]]:
         """Go on from where it was paused.
 
         Raises:
@@ -325,7 +329,7 @@ class Rollouts:
             raise ConflictError(f"rollout {rollout_id} is {rollout.state}, not paused")
         rollout.state, rollout.updated_at = "running", utcnow()
         _log(session, rollout, actor, "resume", note or "resumed")
-        return rollout
+        return rollout, []
 
     def abort(
         self, session: Session, rollout_id: int, actor: str, note: str = ""

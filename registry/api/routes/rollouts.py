@@ -7,6 +7,7 @@ commit, and only then publish the desired hints the operation decided.
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any
 
 from fastapi import APIRouter, status
@@ -158,87 +159,45 @@ def get_rollout(rollout_id: int, _viewer: ViewerDep, session: SessionDep) -> Rol
     return rollout_out(rollout)
 
 
-@router.post("/{rollout_id}/approve", response_model=RolloutOut)
-def approve_rollout(
+class RolloutAction(StrEnum):
+    """What an operator can do to a rollout."""
+
+    APPROVE = "approve"
+    PAUSE = "pause"
+    RESUME = "resume"
+    ABORT = "abort"
+
+
+@router.post("/{rollout_id}/{action}", response_model=RolloutOut)
+def act_on_rollout(
     rollout_id: int,
+    action: RolloutAction,
     body: RolloutNote,
     operator: OperatorDep,
     context: ContextDep,
     session: SessionDep,
 ) -> RolloutOut:
-    """Approve the stage a rollout waits at, or sign off a finished staging rollout.
+    """``approve`` the stage a rollout waits at (or sign off a finished staging rollout),
+    ``pause`` it (devices already installing finish), ``resume`` it, or ``abort`` it
+    (every moved device goes back to the version it had). The note goes into the
+    rollout's decision log and the audit log.
 
     Raises:
         AuthError: not an operator.
         NotFoundError: no such rollout.
-        ConflictError: nothing waits for approval.
+        ConflictError: not possible in its state (e.g. nothing waits for approval).
     """
-    rollout, hints = context.rollouts.approve(session, rollout_id, operator.name, body.note)
-    audit.record(session, operator, "rollout.approve", f"rollout:{rollout_id}", note=body.note)
+    engine = context.rollouts
+    operations = {
+        RolloutAction.APPROVE: engine.approve,
+        RolloutAction.PAUSE: engine.pause,
+        RolloutAction.RESUME: engine.resume,
+        RolloutAction.ABORT: engine.abort,
+    }
+    rollout, hints = operations[action](session, rollout_id, operator.name, body.note)
+    audit.record(
+        session, operator, f"rollout.{action.value}", f"rollout:{rollout_id}", note=body.note
+    )
     session.commit()
-    context.rollouts.send(hints)
-    return rollout_out(rollout)
-
-
-@router.post("/{rollout_id}/pause", response_model=RolloutOut)
-def pause_rollout(
-    rollout_id: int,
-    body: RolloutNote,
-    operator: OperatorDep,
-    context: ContextDep,
-    session: SessionDep,
-) -> RolloutOut:
-    """Stop advancing a rollout; devices already installing finish.
-
-    Raises:
-        AuthError: not an operator.
-        NotFoundError: no such rollout.
-        ConflictError: it is not running.
-    """
-    rollout = context.rollouts.pause(session, rollout_id, operator.name, body.note)
-    audit.record(session, operator, "rollout.pause", f"rollout:{rollout_id}", note=body.note)
-    session.commit()
-    return rollout_out(rollout)
-
-
-@router.post("/{rollout_id}/resume", response_model=RolloutOut)
-def resume_rollout(
-    rollout_id: int,
-    body: RolloutNote,
-    operator: OperatorDep,
-    context: ContextDep,
-    session: SessionDep,
-) -> RolloutOut:
-    """Go on with a paused rollout.
-
-    Raises:
-        AuthError: not an operator.
-        NotFoundError: no such rollout.
-        ConflictError: it is not paused.
-    """
-    rollout = context.rollouts.resume(session, rollout_id, operator.name, body.note)
-    audit.record(session, operator, "rollout.resume", f"rollout:{rollout_id}", note=body.note)
-    session.commit()
-    return rollout_out(rollout)
-
-
-@router.post("/{rollout_id}/abort", response_model=RolloutOut)
-def abort_rollout(
-    rollout_id: int,
-    body: RolloutNote,
-    operator: OperatorDep,
-    context: ContextDep,
-    session: SessionDep,
-) -> RolloutOut:
-    """Stop a rollout and send every moved device back to the version it had.
-
-    Raises:
-        AuthError: not an operator.
-        NotFoundError: no such rollout.
-        ConflictError: it already ended.
-    """
-    rollout, hints = context.rollouts.abort(session, rollout_id, operator.name, body.note)
-    audit.record(session, operator, "rollout.abort", f"rollout:{rollout_id}", note=body.note)
-    session.commit()
-    context.rollouts.send(hints)
+    engine.send(hints)
     return rollout_out(rollout)
