@@ -12,7 +12,9 @@ One thread runs the loop, in this order, once per batch:
    buffer (reallocated only when the model's input shape changes);
 4. run the batch, take argmax and softmax confidence with a few vectorised
    numpy calls;
-5. add to the current window's statistics.
+5. hand a copy of the batch to the shadow candidate, if one runs
+   (``agent.shadow``; it never makes this thread wait);
+6. add to the current window's statistics.
 
 Statistics live in windows. :meth:`Pipeline.take_window` closes the current
 window and returns the bodies of the ``inference`` and ``accuracy`` payloads
@@ -40,7 +42,8 @@ import numpy as np
 
 from agent.camera import Camera, Frame
 from agent.health import RunStats
-from agent.runtime import ModelRuntime
+from agent.runtime import ModelRuntime, classify
+from agent.shadow import Shadow
 
 __all__ = ["HIST_BINS", "Pipeline", "SwapRecord", "Window"]
 
@@ -232,6 +235,7 @@ class Pipeline:
         self._next_camera = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._shadow: Shadow | None = None
 
     # --- control ----------------------------------------------------------------
 
@@ -252,12 +256,33 @@ class Pipeline:
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop the pipeline thread after its current batch."""
+        """Stop the pipeline thread after its current batch, and the shadow's."""
         self._stop.set()
         self.signal.set()
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+        self.set_shadow(None)
+
+    @property
+    def shadow(self) -> tuple[str, str] | None:
+        """(model, version) of the candidate running in shadow, or None."""
+        shadow = self._shadow
+        return None if shadow is None else shadow.identity
+
+    def set_shadow(self, runtime: ModelRuntime | None) -> None:
+        """Run ``runtime`` in shadow beside the current model (see ``agent.shadow``), or stop.
+
+        The candidate must already be loaded and smoke-tested. Counts of a
+        replaced candidate not yet taken into a window are dropped with it.
+        """
+        new = None if runtime is None else Shadow(runtime)
+        if new is not None:
+            new.start()
+        with self._lock:
+            old, self._shadow = self._shadow, new
+        if old is not None:
+            old.stop()
 
     def swap(self, runtime: ModelRuntime, timeout: float = 10.0) -> float:
         """Replace the model between two batches.
@@ -297,7 +322,7 @@ class Pipeline:
         with self._lock:
             if old is not None or self._window.frames:
                 self._collect_drops(self._window)
-                self._closed.append(self._window.bodies(self._queue_depth(), now))
+                self._closed.append(self._bodies(self._window, now))
             self._runtime = runtime
             self._window = self._new_window(runtime)
             self._since = _run_stats(runtime)
@@ -355,7 +380,17 @@ class Pipeline:
             window = self._window
             self._collect_drops(window)
             self._window = self._new_window(self._runtime)
-            return window.bodies(self._queue_depth())
+            return self._bodies(window)
+
+    def _bodies(
+        self, window: Window, now: float | None = None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        # Called under the lock. The shadow's counts close with the window they
+        # were compared in, so they always name the current model they ran beside.
+        inference, accuracy = window.bodies(self._queue_depth(), now)
+        if self._shadow is not None:
+            inference["shadow"] = self._shadow.take()
+        return inference, accuracy
 
     def since_swap(self) -> RunStats:
         """What the running model did since it was swapped in (a snapshot).
@@ -454,6 +489,7 @@ class Pipeline:
         try:
             for i in range(n):
                 preprocess(frames[i].image, buffer[i])
+            started = time.monotonic()
             scores = runtime.run(buffer[:n])
         except Exception as e:  # onnxruntime and OpenCV raise untyped errors
             logger.warning("batch of %d frames failed on %s: %s", n, _identity(runtime), e)
@@ -464,15 +500,12 @@ class Pipeline:
                     self._since.errors += n
             return
         done = time.monotonic()
-        finite = np.isfinite(scores).all(axis=1)
-        if runtime.bundle.output.kind == "logits":
-            shifted = scores - scores.max(axis=1, keepdims=True)
-            np.exp(shifted, out=shifted)
-            probs = shifted / shifted.sum(axis=1, keepdims=True)
-        else:
-            probs = scores
-        predictions = probs.argmax(axis=1)
-        confidence = probs[np.arange(n), predictions]
+        predictions, confidence, finite = classify(scores, runtime.bundle.output.kind)
+        shadow = self._shadow
+        if shadow is not None:
+            shadow.offer(
+                runtime, buffer[:n], frames, predictions, finite, (done - started) * 1000.0
+            )
         with self._lock:
             window = self._window
             if window.version != runtime.bundle.version or window.model != runtime.bundle.name:

@@ -21,7 +21,7 @@ import onnxruntime as ort
 from agent.errors import RuntimeLoadError, SmokeTestError
 from corral.bundle import Bundle, InputSpec
 
-__all__ = ["ModelRuntime", "Preprocessor"]
+__all__ = ["ModelRuntime", "Preprocessor", "classify"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +54,25 @@ class Preprocessor:
         chw = img[np.newaxis] if img.ndim == 2 else img.transpose(2, 0, 1)
         np.multiply(chw, self._mul, out=out, casting="unsafe")
         out += self._add
+
+
+def classify(scores: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Class index, its probability, and whether the row is finite, for N x classes ``scores``.
+
+    Args:
+        scores: a model's output batch.
+        kind: the bundle's output kind: ``logits`` (softmax is applied) or probabilities.
+    """
+    finite = np.isfinite(scores).all(axis=1)
+    if kind == "logits":
+        shifted = scores - scores.max(axis=1, keepdims=True)
+        np.exp(shifted, out=shifted)
+        probs = shifted / shifted.sum(axis=1, keepdims=True)
+    else:
+        probs = scores
+    predictions = probs.argmax(axis=1)
+    confidence = probs[np.arange(len(probs)), predictions]
+    return predictions, confidence, finite
 
 
 class ModelRuntime:

@@ -18,7 +18,8 @@ Threads and what they own::
     pipeline     batches → ModelRuntime → statistics windows
     reconciler   desired (MQTT hint, or HTTP poll every poll_interval_s) vs installed →
                  Updater.install → Pipeline.swap → events + status; one install at a time;
-                 then the new model's health budget, and a local rollback when it fails
+                 then the new model's health budget, and a local rollback when it fails;
+                 then the shadow candidate the hint names, if any (agent.shadow)
     reporter     inference + accuracy every report_interval_s, telemetry every
                  profile.telemetry_interval_s, camera lost/found events
     mqtt-sender  outbox → broker (see agent.mqtt)
@@ -57,6 +58,7 @@ import httpx
 
 import corral
 from agent.api import LocalApi
+from agent.backoff import InstallBackoff
 from agent.camera import Camera, parse_camera
 from agent.errors import AgentError, SmokeTestError, UpdateError
 from agent.health import HealthBudget, Rejections, RunStats, Verdict, judge
@@ -65,6 +67,8 @@ from agent.mqtt import AgentLink
 from agent.outbox import Outbox
 from agent.pipeline import Pipeline
 from agent.runtime import ModelRuntime
+from agent.shadow import ShadowReconciler, shadow_of
+from agent.slots import Slots
 from agent.systemd import Notifier
 from agent.telemetry import Nvml, sample_telemetry
 from corral.bundle import Bundle
@@ -85,7 +89,7 @@ class _InstallResult(Protocol):
 
 
 class _Updater(Protocol):
-    def install(self, model: str, version: str) -> Any: ...
+    def install(self, model: str, version: str, *, into: Slots | None = None) -> Any: ...
 
     def current(self) -> Any: ...
 
@@ -104,57 +108,6 @@ class _Probation:
 
 
 DesiredPoll = Callable[[], tuple[str | None, str | None] | None]
-
-
-@dataclass
-class InstallBackoff:
-    """Failed versions and when each may be tried again (doubling, capped)."""
-
-    base_s: float = 30.0
-    max_s: float = 3600.0
-
-    def __post_init__(self) -> None:
-        self._failures: dict[tuple[str, str], tuple[int, float]] = {}
-
-    def failed(self, key: tuple[str, str], now: float) -> float:
-        """Record a failure of ``key``.
-
-        Returns:
-            Seconds until the next try.
-        """
-        count = self._failures.get(key, (0, 0.0))[0] + 1
-        delay = min(self.base_s * 2 ** (count - 1), self.max_s)
-        self._failures[key] = (count, now + delay)
-        return delay
-
-    def record(self, key: tuple[str, str], error: UpdateError) -> dict[str, Any]:
-        """Record a failed install of ``key``.
-
-        Returns:
-            The fields of its ``install_failed`` event (model, version, reason,
-            failures, retry_in_s), the same for the agent and the fleet simulator.
-        """
-        delay = self.failed(key, time.monotonic())
-        return {
-            "model": key[0],
-            "version": key[1],
-            "reason": error.reason,
-            "failures": self.failures(key),
-            "retry_in_s": delay,
-        }
-
-    def clear(self, key: tuple[str, str]) -> None:
-        """Forget the failures of ``key``, so that it may be tried at once."""
-        self._failures.pop(key, None)
-
-    def allowed(self, key: tuple[str, str], now: float) -> bool:
-        """Whether ``key`` may be tried at ``now``."""
-        entry = self._failures.get(key)
-        return entry is None or now >= entry[1]
-
-    def failures(self, key: tuple[str, str]) -> int:
-        """How often ``key`` failed."""
-        return self._failures.get(key, (0, 0.0))[0]
 
 
 def _load_runtime(
@@ -235,6 +188,8 @@ class AgentService:
         self.rollbacks = 0
         self._probation: _Probation | None = None
         self._start_events: list[tuple[str, str, dict[str, Any]]] = []
+        self._retry_backoff_s = retry_backoff_s
+        self.shadow: ShadowReconciler | None = None
 
     # --- state ------------------------------------------------------------------
 
@@ -258,7 +213,12 @@ class AgentService:
             "profile": self.profile.name if self.profile is not None else None,
             "agent_version": corral.__version__,
             "cameras": [c.camera_id for c in self.cameras],
+            "shadow": self._shadow_status(),
         }
+
+    def _shadow_status(self) -> dict[str, str] | None:
+        running = self.pipeline.shadow if self.pipeline is not None else None
+        return None if running is None else {"model": running[0], "version": running[1]}
 
     # --- lifecycle ----------------------------------------------------------------
 
@@ -310,6 +270,13 @@ class AgentService:
             raise
         self.pipeline = Pipeline(self.cameras, runtime, batch_size=self.profile.batch_size)
         self.pipeline.start()
+        self.shadow = ShadowReconciler(
+            Slots(self.data_dir / "shadow"),
+            self.updater,
+            self._event,
+            load=getattr(self.updater, "load", None),
+            backoff_s=self._retry_backoff_s,
+        )
         if self._api_port is not None:
             self.api = LocalApi(self, port=self._api_port)
             self.api.start()
@@ -462,20 +429,30 @@ class AgentService:
         # paho's thread: hand over and return.
         desired = (body.get("model"), body.get("version"))
         seq = body.get("seq")
-        if isinstance(seq, int) and seq > self._desired_seq:
+        fresh = isinstance(seq, int) and seq > self._desired_seq
+        if fresh:
             # A hint the registry issued anew (a new rollout), not a retained replay:
             # an operator asked again, so a failed version gets a fresh try now.
+            assert isinstance(seq, int)
             self._desired_seq = seq
             if desired[0] is not None and desired[1] is not None:
                 self.backoff.clear((desired[0], desired[1]))
                 self.rejections.clear_if_newer((desired[0], desired[1]), seq)
+        if self.shadow is not None:
+            self.shadow.want(shadow_of(body), fresh)
         self._desired = desired
         self._desired_gen += 1
         self._kick.set()
 
-    def _poll(self) -> tuple[str | None, str | None] | None:
+    def _poll(self) -> tuple[tuple[str | None, str | None], tuple[str, str] | None] | None:
+        """(desired, shadow), or None when the registry did not answer.
+
+        A ``poll_desired`` seam knows no shadow: the hint's stays as it is.
+        """
         if self._poll_desired is not None:
-            return self._poll_desired()
+            polled = self._poll_desired()
+            shadow = self.shadow.desired if self.shadow is not None else None
+            return None if polled is None else (polled, shadow)
         url = f"{self.config.registry_url.rstrip('/')}/api/v1/devices/{self.device_id}/desired"
         try:
             response = httpx.get(
@@ -491,7 +468,7 @@ class AgentService:
         if not isinstance(data, dict):
             logger.warning("polling %s gave %r, expected {model, version}", url, data)
             return None
-        return data.get("model"), data.get("version")
+        return (data.get("model"), data.get("version")), shadow_of(data)
 
     def _reconcile_loop(self) -> None:
         interval = float(self.config.poll_interval_s)
@@ -503,9 +480,16 @@ class AgentService:
                 polled = self._poll()
                 # A hint that arrived while the poll was in flight is newer: keep it.
                 if polled is not None and gen == self._desired_gen:
-                    self._desired = polled
+                    self._desired = polled[0]
+                    if self.shadow is not None:
+                        self.shadow.want(polled[1], fresh=False)
             self.check_health()
             self.reconcile()
+            if self.shadow is not None and self.pipeline is not None and not self._stop.is_set():
+                before = self.pipeline.shadow
+                self.shadow.reconcile(self.pipeline, self.installed)
+                if self.pipeline.shadow != before and self.link is not None:
+                    self.link.publish_status()
             wait = next_poll - time.monotonic()
             if self._probation is not None:
                 wait = min(wait, self.health_check_s)

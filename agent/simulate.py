@@ -57,6 +57,8 @@ from agent.outbox import Outbox
 from agent.pipeline import HIST_BINS
 from agent.pollselect import lift_select_limit
 from agent.service import InstallBackoff
+from agent.shadow import ShadowReconciler, shadow_of
+from agent.slots import Slots
 from agent.updater import Updater
 from corral.bundle import Bundle
 from corral.client import RegistryClient
@@ -297,6 +299,10 @@ class SimulatedAgent:
             username=config.device_id,
             password=config.device_token,
         )
+        self.shadow_model: SimulatedModel | None = None
+        self.shadows = ShadowReconciler(
+            Slots(config.data_dir / "shadow"), self.updater, self._event
+        )
         self.model: SimulatedModel | None = None
         current = self.updater.current()
         if current is not None:
@@ -324,7 +330,7 @@ class SimulatedAgent:
 
     def status_body(self) -> dict[str, Any]:
         """The status fields besides ``state``, as the real agent sends them."""
-        installed = self.installed
+        installed, shadow = self.installed, self.shadow
         return {
             "model": installed[0] if installed else None,
             "version": installed[1] if installed else None,
@@ -332,7 +338,18 @@ class SimulatedAgent:
             "agent_version": corral.__version__,
             "cameras": ["sim0"],
             "simulated": self.cohort.name,
+            "shadow": None if shadow is None else {"model": shadow[0], "version": shadow[1]},
         }
+
+    @property
+    def shadow(self) -> tuple[str, str] | None:
+        """(model, version) of the candidate run in shadow, or None."""
+        model = self.shadow_model
+        return None if model is None else (model.bundle.name, model.bundle.version)
+
+    def set_shadow(self, runtime: SimulatedModel | None) -> None:
+        """Compare ``runtime`` with the current model in every window from now on (or stop)."""
+        self.shadow_model = runtime
 
     def start(self) -> None:
         """Connect in the background; the retained desired hint arrives on subscribe."""
@@ -361,11 +378,14 @@ class SimulatedAgent:
         # paho's thread: remember, and hand the install to the pool.
         model, version, seq = body.get("model"), body.get("version"), body.get("seq")
         with self._lock:
-            if isinstance(seq, int) and seq > self._desired_seq:
+            fresh = isinstance(seq, int) and seq > self._desired_seq
+            if fresh:
                 # A new hint from the registry retries a failed version at once.
+                assert isinstance(seq, int)
                 self._desired_seq = seq
                 if isinstance(model, str) and isinstance(version, str):
                     self.backoff.clear((model, version))
+            self.shadows.want(shadow_of(body), fresh)
             if isinstance(model, str) and isinstance(version, str):
                 self._desired = (model, version)
             if self._pending or self._stopped:
@@ -377,12 +397,20 @@ class SimulatedAgent:
         """Whether a failed install may be retried now (the fleet's reporter asks)."""
         with self._lock:
             desired, pending = self._desired, self._pending
-        return (
-            desired is not None
-            and not pending
-            and desired != self.installed
-            and self.backoff.failures(desired) > 0
-            and self.backoff.allowed(desired, now)
+        shadow = self.shadows.desired
+        return not pending and (
+            (
+                desired is not None
+                and desired != self.installed
+                and self.backoff.failures(desired) > 0
+                and self.backoff.allowed(desired, now)
+            )
+            or (
+                shadow is not None
+                and shadow != self.shadow
+                and self.shadows.backoff.failures(shadow) > 0
+                and self.shadows.backoff.allowed(shadow, now)
+            )
         )
 
     def retry(self) -> None:
@@ -394,40 +422,51 @@ class SimulatedAgent:
         self._schedule(self.reconcile)
 
     def reconcile(self) -> None:
-        """Install the desired version if it differs from the installed one.
+        """Install the desired version if it differs from the installed one, then the shadow.
 
         Runs on a pool worker; reports ``installed`` or ``install_failed`` and a new status.
         """
         try:
             with self._lock:
-                desired, stopped = self._desired, self._stopped
-            if desired is None or stopped or desired == self.installed:
+                stopped = self._stopped
+            if stopped:
                 return
-            if not self.backoff.allowed(desired, time.monotonic()):
-                return
-            try:
-                result = self.updater.install(*desired)
-            except UpdateError as e:
-                self.failures += 1
-                self._event("install_failed", str(e), **self.backoff.record(desired, e))
-                return
-            assert isinstance(result.runtime, SimulatedModel)
-            self.report()  # the old version's last window
-            self.model = result.runtime
-            self.installs += 1
-            self._event(
-                "installed",
-                f"installed {result.model} {result.version} in {result.seconds:.2f} s",
-                model=result.model,
-                version=result.version,
-                seconds=round(float(result.seconds), 3),
-                smoke_diff=float(result.smoke_max_diff),
-                swap_ms=0.0,
-            )
-            self.link.publish_status()
+            self._reconcile_model()
+            shadow = self.shadow
+            self.shadows.reconcile(self, self.installed)
+            if self.shadow != shadow:
+                self.link.publish_status()
         finally:
             with self._lock:
                 self._pending = False
+
+    def _reconcile_model(self) -> None:
+        with self._lock:
+            desired = self._desired
+        if desired is None or desired == self.installed:
+            return
+        if not self.backoff.allowed(desired, time.monotonic()):
+            return
+        try:
+            result = self.updater.install(*desired)
+        except UpdateError as e:
+            self.failures += 1
+            self._event("install_failed", str(e), **self.backoff.record(desired, e))
+            return
+        assert isinstance(result.runtime, SimulatedModel)
+        self.report()  # the old version's last window
+        self.model = result.runtime
+        self.installs += 1
+        self._event(
+            "installed",
+            f"installed {result.model} {result.version} in {result.seconds:.2f} s",
+            model=result.model,
+            version=result.version,
+            seconds=round(float(result.seconds), 3),
+            smoke_diff=float(result.smoke_max_diff),
+            swap_ms=0.0,
+        )
+        self.link.publish_status()
 
     def _event(self, event: str, message: str, **fields: Any) -> None:
         self.link.publish("events", {"event": event, "message": message, **fields})
@@ -506,6 +545,11 @@ class SimulatedAgent:
                 "predicted": int(p),
                 "true_positives": int(tp),
             }
+        shadow = self.shadow_model
+        if shadow is not None:
+            inference["shadow"] = self._shadow_block(
+                bundle, shadow.bundle, support, correct_per, batches
+            )
         correct = int(correct_per.sum())
         accuracy = {
             "window_s": round(window_s, 3),
@@ -518,6 +562,66 @@ class SimulatedAgent:
             "version": bundle.version,
         }
         return inference, accuracy
+
+    def _shadow_block(
+        self,
+        current: Bundle,
+        candidate: Bundle,
+        support: np.ndarray,
+        current_correct: np.ndarray,
+        batches: int,
+    ) -> dict[str, Any]:
+        """The ``shadow`` block the real pipeline sends (``agent.shadow``), drawn from the cohort.
+
+        The two models' errors are correlated as real ones are (halfway between
+        independent and as aligned as their accuracies allow): both right with
+        probability ``(pa * ps + min(pa, ps)) / 2``. Wrong answers go to the next
+        label for both, so two wrong answers agree.
+        """
+        rng, cohort = self._np, self.cohort
+        pa, ps = cohort.accuracy_for(current), cohort.accuracy_for(candidate)
+        both = (pa * ps + min(pa, ps)) / 2
+        right_given_right = both / pa if pa > 0 else 0.0
+        right_given_wrong = (ps - both) / (1 - pa) if pa < 1 else 0.0
+        cc = rng.binomial(current_correct, min(1.0, right_given_right))
+        wc = rng.binomial(support - current_correct, min(1.0, max(0.0, right_given_wrong)))
+        shadow_correct = cc + wc
+        predicted = shadow_correct + np.roll(support - shadow_correct, 1)
+        frames = int(support.sum())
+        only_current = int((current_correct - cc).sum())
+        only_shadow = int(wc.sum())
+
+        def run_ms(bundle: Bundle) -> dict[str, float | None]:
+            if not batches:
+                return {"mean": None, "p95": None, "total": 0.0}
+            draws = np.exp(rng.normal(math.log(cohort.latency_for(bundle)), 0.25, size=batches))
+            return {
+                "mean": round(float(draws.mean()), 4),
+                "p95": round(float(np.percentile(draws, 95)), 4),
+                "total": round(float(draws.sum()), 4),
+            }
+
+        labels = list(candidate.output.labels)
+        return {
+            "model": candidate.name,
+            "version": candidate.version,
+            "frames": frames,
+            "skipped": 0,
+            "errors": 0,
+            "agree": frames - only_current - only_shadow,
+            "agreement": round(1 - (only_current + only_shadow) / frames, 6) if frames else None,
+            "batches": batches,
+            "run_ms": run_ms(candidate),
+            "current_run_ms": run_ms(current),
+            "class_counts": {
+                label: int(n) for label, n in zip(labels, predicted, strict=True) if n
+            },
+            "labelled": frames,
+            "correct": int(shadow_correct.sum()),
+            "current_correct": int(current_correct.sum()),
+            "only_shadow_correct": only_shadow,
+            "only_current_correct": only_current,
+        }
 
 
 @dataclass(frozen=True)

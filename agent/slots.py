@@ -249,6 +249,20 @@ class Slots:
                 self._write_state(*names)
             self._prune(keep={n for n in names if n}, staging_too=True)
 
+    def clear(self) -> None:
+        """Forget every slot: state.json names none, and their folders go.
+
+        For slots whose model is expendable (a shadow candidate); never for the
+        agent's own, which would leave it nothing to run or roll back to.
+
+        Raises:
+            OSError: state.json cannot be written.
+        """
+        with self._lock:
+            self._write_state(None, None)
+            if self.models_dir.is_dir():
+                self._prune(keep=set(), staging_too=False)
+
     def _prune(self, keep: set[str], staging_too: bool) -> None:
         for entry in self.models_dir.iterdir():
             if entry.name in keep:

@@ -406,12 +406,15 @@ class Updater:
 
     # --- install -------------------------------------------------------------------
 
-    def install(self, model: str, version: str) -> InstallResult:
+    def install(self, model: str, version: str, *, into: Slots | None = None) -> InstallResult:
         """Fetch, verify, smoke-test and activate ``model`` ``version``.
 
         Args:
             model: the model's name.
             version: its semver version.
+            into: the slots to install into; default this updater's. The agent
+                installs a shadow candidate into its own slots, through the
+                same verification, so the current model's slots stay untouched.
 
         Returns:
             The new current slot with its loaded, smoke-tested runtime.
@@ -429,7 +432,7 @@ class Updater:
         started = time.monotonic()
         with self._lock:
             try:
-                result = self._install(model, version, started)
+                result = self._install(model, version, started, into or self.slots)
             except Exception as e:
                 mapped = _map_error(e, model, version)
                 if mapped is None:
@@ -451,7 +454,7 @@ class Updater:
         )
         return result
 
-    def _install(self, model: str, version: str, started: float) -> InstallResult:
+    def _install(self, model: str, version: str, started: float, slots: Slots) -> InstallResult:
         try:
             target = bundle_target(model, version)
             Version.parse(version)
@@ -460,7 +463,7 @@ class Updater:
                 f"{model} {version} cannot be in the signed metadata: {e}", reason="not_found"
             ) from e
         metadata_dir = self.config.tuf_metadata_dir
-        with self.slots.staging() as staging:
+        with slots.staging() as staging:
             tuf = _SignedTimeUpdater(
                 metadata_dir=str(metadata_dir),
                 metadata_base_url=self.config.metadata_url,
@@ -479,7 +482,7 @@ class Updater:
             dataclasses.replace(bundle, files=[entry]).verify_files(staging)
             runtime = self.runtime_loader(bundle, staging, variant, self.profile)
             smoke = runtime.smoke_test()
-            slot = self.slots.commit(staging, bundle, variant)
+            slot = slots.commit(staging, bundle, variant)
         return InstallResult(
             model=model,
             version=version,

@@ -188,6 +188,31 @@ class RegistryClient:
         """An experiment's cohorts and B - A differences with 95 % intervals."""
         return dict(self._call("GET", f"/api/v1/experiments/{name}"))
 
+    def desired(self, device_id: str) -> dict[str, Any]:
+        """A device's desired model, version and shadow candidate (``shadow`` null when none)."""
+        return dict(self._call("GET", f"/api/v1/devices/{device_id}/desired"))
+
+    def start_shadow(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Run a candidate in shadow (name, model, version, selector); the trial's report.
+
+        Raises:
+            ApiError: unknown version or device (404), name taken or a device already
+                shadowing (409), an empty selection (422).
+        """
+        return dict(self._call("POST", "/api/v1/shadows", json=body))
+
+    def shadow(self, name: str) -> dict[str, Any]:
+        """A shadow trial's agreement, latency cost and paired accuracy, overall and per device."""
+        return dict(self._call("GET", f"/api/v1/shadows/{name}"))
+
+    def shadows(self) -> list[dict[str, Any]]:
+        """Every shadow trial, newest first."""
+        return list(self._call("GET", "/api/v1/shadows"))
+
+    def stop_shadow(self, name: str) -> dict[str, Any]:
+        """Stop a shadow trial; its devices drop the candidate. Its final report."""
+        return dict(self._call("POST", f"/api/v1/shadows/{name}/stop"))
+
     def alerts(self, state: str = "firing", rule: str | None = None) -> list[dict[str, Any]]:
         """Alerts, newest first (``firing``, ``resolved`` or ``all``)."""
         params = {"state": state, **({"rule": rule} if rule else {})}

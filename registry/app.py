@@ -27,6 +27,7 @@ from registry.api.routes import (
     models,
     rollouts,
     series,
+    shadows,
     tokens,
     tuf,
 )
@@ -76,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         models,
         rollouts,
         experiments,
+        shadows,
         governance,
         tokens,
         audit,

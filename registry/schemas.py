@@ -49,6 +49,8 @@ __all__ = [
     "RolloutRequest",
     "RolloutStageOut",
     "SeqStats",
+    "ShadowRef",
+    "ShadowRequest",
 ]
 
 
@@ -179,11 +181,19 @@ class DeviceDetail(DeviceSummary):
     seq: SeqStats
 
 
+class ShadowRef(BaseModel):
+    """A candidate model version a device runs in shadow."""
+
+    model: str
+    version: str
+
+
 class Desired(BaseModel):
-    """A device's desired model version (nulls when none)."""
+    """A device's desired model version (nulls when none) and its shadow candidate, if any."""
 
     model: str | None
     version: str | None
+    shadow: ShadowRef | None = None
 
 
 class ModelPushed(BaseModel):
@@ -236,6 +246,15 @@ class ExperimentRequest(_Strict):
     b: str = Field(min_length=1, max_length=64, description="Candidate version.")
     selector: Selector = Field(default_factory=Selector)
     split: float = Field(default=0.5, gt=0, lt=1, description="Cohort B's share.")
+
+
+class ShadowRequest(_Strict):
+    """Body of ``POST /api/v1/shadows``: run a candidate in shadow on a selection."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")
+    model: str = Field(min_length=1, max_length=63)
+    version: str = Field(min_length=1, max_length=64, description="The candidate version.")
+    selector: Selector = Field(default_factory=Selector)
 
 
 class RolloutNote(_Strict):

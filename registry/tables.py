@@ -5,6 +5,7 @@
     devices ─┬─< messages          every agent payload, unique on (device_id, seq)
              ├─< events            the events kind, for the console and audits
              └─< rollout_devices >─ rollouts ─< rollout_log
+    shadow_trials                  a candidate run beside the current model, compared only
     enrolment_tokens               sha256 of one-time tokens, never the tokens, and the
                                    site/group/tags a device enrolled with one gets
     model_versions ─< model_files  immutable (name, version) with their files
@@ -58,6 +59,7 @@ __all__ = [
     "Rollout",
     "RolloutDevice",
     "RolloutLogEntry",
+    "ShadowTrial",
     "Silence",
     "TufMetadata",
 ]
@@ -102,6 +104,9 @@ class Device(Base):
     desired_model: Mapped[str | None] = mapped_column(String(63))
     desired_version: Mapped[str | None] = mapped_column(String(64))
     desired_seq: Mapped[int] = mapped_column(Integer, default=0)
+    # A candidate to run beside the desired model and only compare (a shadow trial).
+    shadow_model: Mapped[str | None] = mapped_column(String(63))
+    shadow_version: Mapped[str | None] = mapped_column(String(64))
     # Reported state, from MQTT.
     state: Mapped[str | None] = mapped_column(String(16))
     model: Mapped[str | None] = mapped_column(String(63))
@@ -298,6 +303,28 @@ class RolloutLogEntry(Base):
     message: Mapped[str] = mapped_column(Text)
     data: Mapped[dict[str, Any]] = mapped_column(default=dict)
     rollout: Mapped[Rollout] = relationship(back_populates="log")
+
+
+class ShadowTrial(Base):
+    """A candidate version run in shadow beside the current model on selected devices.
+
+    ``state`` is ``running`` or ``stopped``; ``devices`` lists the ids it was
+    started on (``registry.rollout.shadow``).
+    """
+
+    __tablename__ = "shadow_trials"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    model: Mapped[str] = mapped_column(String(63))
+    version: Mapped[str] = mapped_column(String(64))
+    selector: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    devices: Mapped[list[str]] = _tags()
+    state: Mapped[str] = mapped_column(String(16), default="running", index=True)
+    created_at: Mapped[datetime]
+    created_by: Mapped[str] = mapped_column(String(80), default="")
+    stopped_at: Mapped[datetime | None]
+    stopped_by: Mapped[str | None] = mapped_column(String(80))
 
 
 class Alert(Base):

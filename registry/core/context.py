@@ -158,9 +158,7 @@ class _Publisher:
         self.bridge = bridge
 
     def __call__(self, hint: Hint) -> bool:
-        payload = encode(
-            "desired", hint.device_id, hint.seq, {"model": hint.model, "version": hint.version}
-        )
+        payload = encode("desired", hint.device_id, hint.seq, hint.body())
         return self.bridge.publish(topic(hint.device_id, "desired"), payload, retain=True)
 
 

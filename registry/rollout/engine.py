@@ -68,12 +68,36 @@ ENGINE = "rollout-engine"
 
 @dataclass(frozen=True)
 class Hint:
-    """A desired hint to publish after the transaction that decided it commits."""
+    """A desired hint to publish after the transaction that decided it commits.
+
+    It always carries the device's whole desired state, the shadow candidate
+    included: the retained hint replaces the one before.
+    """
 
     device_id: str
     seq: int
     model: str | None
     version: str | None
+    shadow: tuple[str, str] | None = None
+
+    @classmethod
+    def of(cls, device: Device) -> Hint:
+        """The hint for ``device``'s desired state as the database has it now."""
+        shadow = None
+        if device.shadow_model is not None and device.shadow_version is not None:
+            shadow = (device.shadow_model, device.shadow_version)
+        return cls(
+            device.id, device.desired_seq, device.desired_model, device.desired_version, shadow
+        )
+
+    def body(self) -> dict[str, Any]:
+        """The ``desired`` payload's fields (``corral.payloads``)."""
+        shadow = self.shadow
+        return {
+            "model": self.model,
+            "version": self.version,
+            "shadow": None if shadow is None else {"model": shadow[0], "version": shadow[1]},
+        }
 
 
 Publish = Callable[[Hint], object]
@@ -524,7 +548,7 @@ class Rollouts:
         session.refresh(rd.device)
         rd.desired_seq = rd.device.desired_seq
         rd.state, rd.settled_at = state, None
-        return Hint(rd.device_id, rd.desired_seq, model, version)
+        return Hint.of(rd.device)
 
     def _move_stage(
         self, session: Session, rollout: Rollout, plan: RolloutPlan, now: datetime

@@ -19,7 +19,7 @@ from agent.config import AgentConfig
 from agent.errors import CameraError, SmokeTestError
 from agent.runtime import ModelRuntime
 from agent.service import AgentService
-from agent.slots import Slot
+from agent.slots import Slot, Slots
 from agent.updater import InstallResult
 from corral.payloads import Message, decode, encode
 from corral.profiles import FirmwareProfile
@@ -39,10 +39,18 @@ pytestmark = pytest.mark.skipif(
 class FakeUpdater:
     """The updater's seam: installs good versions from local folders, fails the "bad" ones."""
 
-    def __init__(self, root: Path, bad: set[str], current: str | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        bad: set[str],
+        current: str | None = None,
+        opposite: frozenset[str] = frozenset(),
+    ) -> None:
         self.root = root
         self.bad = bad
+        self.opposite = opposite  # versions that answer the other class
         self.calls: list[tuple[str, str]] = []
+        self.shadow_calls: list[tuple[str, str]] = []
         self._current: Slot | None = None
         if current is not None:
             path = root / current
@@ -51,14 +59,15 @@ class FakeUpdater:
     def current(self) -> Slot | None:
         return self._current
 
-    def install(self, model: str, version: str) -> InstallResult:
-        self.calls.append((model, version))
+    def install(self, model: str, version: str, *, into: Slots | None = None) -> InstallResult:
+        (self.calls if into is None else self.shadow_calls).append((model, version))
         if version in self.bad:
             raise SmokeTestError("smoke test: golden outputs differ by 3, more than 0.001")
         path = self.root / version
-        bundle = tiny_bundle(path, version)
+        bundle = tiny_bundle(path, version, sign=-1.0 if version in self.opposite else 1.0)
         runtime = ModelRuntime.load(bundle, path)
-        self._current = Slot(f"tiny-{version}", path, bundle, "fp32")
+        if into is None:
+            self._current = Slot(f"tiny-{version}", path, bundle, "fp32")
         return InstallResult(model, version, "fp32", path, 0.0, 0.25, runtime)
 
 
@@ -284,6 +293,53 @@ def test_poll_fallback_installs_over_the_model_installed_at_start(
         watcher.close()
     assert registry.auth and set(registry.auth) == {"Bearer device-secret"}
     assert updater.calls == [("tiny", "1.1.0")]
+
+
+def test_a_shadow_candidate_is_compared_then_dropped_when_promoted(
+    tmp_path: Path, device_id: str, registry: Registry
+) -> None:
+    updater = FakeUpdater(
+        tmp_path / "models", bad=set(), current="1.0.0", opposite=frozenset({"2.0.0"})
+    )
+    shadow = {"model": "tiny", "version": "2.0.0"}
+    registry.desired = {"model": "tiny", "version": "1.0.0", "shadow": shadow}
+    service = make_service(tmp_path, device_id, registry, updater, poll_s=0.2)
+    watcher = Watcher(device_id)
+    service.start()
+    try:
+        assert wait_for(lambda: watcher.of("events", event="shadow_started", version="2.0.0"))
+        assert wait_for(lambda: watcher.of("status", version="1.0.0", shadow=shadow))
+
+        def compared() -> list[dict[str, Any]]:
+            return [
+                m.body["shadow"]
+                for m in watcher.of("inference", version="1.0.0")
+                if m.body.get("shadow") and m.body["shadow"]["frames"]
+            ]
+
+        assert wait_for(lambda: sum(b["labelled"] for b in compared()) >= 20)
+        blocks = compared()
+        # 2.0.0 answers the other class on every frame: no agreement, and on
+        # labelled frames exactly one of the two is right.
+        assert all(b["agree"] == 0 and b["agreement"] == 0.0 for b in blocks)
+        for b in blocks:
+            assert b["correct"] + b["current_correct"] == b["labelled"]
+            assert b["only_shadow_correct"] == b["correct"]
+            assert b["run_ms"]["total"] > 0 and b["current_run_ms"]["total"] > 0
+        # It decided nothing: 1.0.0 still runs and is what the windows report.
+        assert service.installed == ("tiny", "1.0.0")
+        assert updater.calls == [] and updater.shadow_calls == [("tiny", "2.0.0")]
+
+        # A rollout makes the candidate current: it no longer runs in shadow.
+        registry.desired = {"model": "tiny", "version": "2.0.0", "shadow": shadow}
+        assert wait_for(lambda: watcher.of("events", event="installed", version="2.0.0"))
+        assert wait_for(lambda: watcher.of("events", event="shadow_stopped", version="2.0.0"))
+        assert wait_for(lambda: watcher.of("status", version="2.0.0", shadow=None))
+        assert service.pipeline is not None and service.pipeline.shadow is None
+    finally:
+        service.stop()
+        watcher.close()
+    assert not list((tmp_path / "agent" / "shadow" / "models").iterdir())
 
 
 def test_without_a_model_no_inference_is_reported(

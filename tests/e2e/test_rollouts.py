@@ -12,7 +12,9 @@ between two:
 - a version whose latency doubles stops at its stage;
 - an approval-mode rollout waits until a person approves;
 - an aborted rollout sends the moved devices back;
-- production is refused until a staging rollout passed and was approved.
+- production is refused until a staging rollout passed and was approved;
+- an A/B experiment reports B - A with an interval;
+- a shadow trial compares a candidate on the same frames and moves nobody.
 
 The tests share one fleet and run in file order; each starts from the
 versions the previous one left.
@@ -27,8 +29,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
 from agent.simulate import Cohort, Fleet
+from corral import cli
 from corral.errors import ApiError
 from corral.local import LocalFleet
 from tests.agent.test_simulate import tiny_bundle
@@ -293,3 +297,52 @@ def test_an_ab_experiment_reports_the_accuracy_difference_with_an_interval(
     assert accuracy["figure"] == "accuracy"
     assert accuracy["low"] < accuracy["diff"] < accuracy["high"] < 0, "B is worse, for sure"
     assert -0.15 < accuracy["diff"] < -0.05
+
+
+def test_a_shadow_trial_compares_a_candidate_and_moves_no_device(
+    world: tuple[LocalFleet, Fleet],
+) -> None:
+    local, fleet = world
+    dim = fleet.cohort_of("dim")
+    ids = [a.device_id for a in dim]
+    before = _versions(local, ids)
+    body = {"name": "dim-shadow", "model": "tiny", "version": "1.3.0"}
+    with local.client() as client:
+        started = client.start_shadow({**body, "selector": {"devices": ids}})
+        with pytest.raises(ApiError) as twice:
+            client.start_shadow({**body, "name": "again", "selector": {"devices": ids[:1]}})
+    assert started["devices"] == len(ids) and started["state"] == "running"
+    assert twice.value.status == 409, "a device runs one candidate at a time"
+    local.wait_for("every dim agent to run 1.3.0 in shadow", lambda: all(a.shadow for a in dim), 60)
+
+    def enough() -> bool:
+        with local.client() as client:
+            report = client.shadow("dim-shadow")
+        return report["figures"]["accuracy"]["labelled"] >= 3000 and all(
+            d["frames"] for d in report["per_device"]
+        )
+
+    local.wait_for("shadow windows from every dim device", enough, 90)
+    where = ["--registry", local.registry_url, "--token", local.admin_token]
+    result = CliRunner().invoke(cli.app, ["rollout", "shadow", "status", "dim-shadow", *where])
+    assert result.exit_code == 0, result.output
+    print(result.output)
+    with local.client() as client:
+        report = client.shadow("dim-shadow")
+    figures = report["figures"]
+    # 1.3.0 takes twice the time of what the dim cameras run (10 ms against 5).
+    assert 1.6 < figures["latency"]["cost_ratio"] < 2.5
+    # Half the dim devices run 1.2.0 (0.8 on their cameras) after the A/B test, and
+    # 1.3.0 scores 0.9: on the same frames it is right more often, and McNemar says so.
+    accuracy = figures["accuracy"]
+    assert accuracy["diff"] > 0.02 and accuracy["mcnemar_p"] < 0.001
+    assert accuracy["only_shadow_correct"] > accuracy["only_current_correct"]
+    assert 0.7 < figures["agreement_low"] <= figures["agreement"] <= figures["agreement_high"] < 1
+    # The candidate decided nothing: every device runs what it ran.
+    assert _versions(local, ids) == before
+    with local.client() as client:
+        stopped = client.stop_shadow("dim-shadow")
+        assert client.desired(ids[0])["shadow"] is None
+    assert stopped["state"] == "stopped"
+    local.wait_for("the dim agents to drop it", lambda: not any(a.shadow for a in dim), 60)
+    assert _versions(local, ids) == before

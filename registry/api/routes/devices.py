@@ -28,6 +28,7 @@ from registry.schemas import (
     DeviceUpdate,
     EventOut,
     SeqStats,
+    ShadowRef,
 )
 from registry.tables import Device, Event, Message
 
@@ -143,7 +144,10 @@ def get_desired(device_id: str, caller: CallerDep, session: SessionDep) -> Desir
     if not caller.allows(Role.VIEWER) and caller.device_id != device_id:
         raise AuthError(f"a device token may read only its own desired version, not {device_id!r}")
     device = _get(session, device_id)
-    return Desired(model=device.desired_model, version=device.desired_version)
+    shadow = None
+    if device.shadow_model is not None and device.shadow_version is not None:
+        shadow = ShadowRef(model=device.shadow_model, version=device.shadow_version)
+    return Desired(model=device.desired_model, version=device.desired_version, shadow=shadow)
 
 
 @router.patch("/{device_id}", response_model=DeviceSummary)

@@ -6,7 +6,8 @@ secret). Targets are served by the SHA-256 in their consistent-snapshot name
 (local or S3), as they are stored: the agent's TUF client checks length and
 hash and refuses a tampered blob. Targets need a token: a device may download
 only the version it is assigned (its desired version, which is also where a
-rollback sends it) or the one it runs; people and CI need the viewer role.
+rollback sends it, or the candidate of its shadow trial) or the one it runs;
+people and CI need the viewer role.
 
 Targets are streamed from the blob store and resumable (RFC 9110):
 
@@ -137,6 +138,7 @@ def _check_assigned(caller: Caller, session: Session, path: str) -> None:
     if wanted not in {
         (device.desired_model, device.desired_version),
         (device.model, device.version),
+        (device.shadow_model, device.shadow_version),  # a shadow trial's candidate
     }:
         raise AuthError(
             f"device {device.id} is not assigned {wanted[0]} {wanted[1]} (it should run "
