@@ -41,7 +41,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 import cv2
@@ -81,6 +81,8 @@ class Frame:
     ``image`` is uint8, H x W (gray) or H x W x 3 (BGR, as OpenCV gives it);
     ``label`` is the ground truth when the source knows it; ``captured`` is the
     :func:`time.monotonic` time of capture, from which latency is measured.
+    ``tensor`` is the model input the capture thread already made with
+    ``prepared_by`` (see :attr:`Camera.prepare`), or None.
     """
 
     camera_id: str
@@ -88,6 +90,17 @@ class Frame:
     image: np.ndarray
     label: str | None
     captured: float
+    tensor: np.ndarray | None = None
+    prepared_by: object | None = None
+
+
+class Preparer(Protocol):
+    """Makes a frame into model input (``agent.runtime.Preprocessor``)."""
+
+    @property
+    def sample_shape(self) -> tuple[int, int, int]: ...
+
+    def __call__(self, frame: np.ndarray, out: np.ndarray) -> None: ...
 
 
 class LatestFrame:
@@ -447,6 +460,11 @@ class Camera:
         self.slot = LatestFrame(signal)
         self.error: str | None = None
         self.ended = False
+        #: Set by the pipeline to the running model's preprocessing: the capture
+        #: thread then makes each frame's model input itself, in parallel with
+        #: the model, and the pipeline only copies it into the batch (a frame
+        #: made for another model is preprocessed again by the pipeline).
+        self.prepare: Preparer | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -509,8 +527,22 @@ class Camera:
                 logger.info("camera %s reached the end of its source", self.camera_id)
                 break
             image, label = item
-            self.slot.put(Frame(self.camera_id, index, image, label, time.monotonic()))
+            captured = time.monotonic()
+            tensor, prepared_by = self._prepared(image)
+            self.slot.put(Frame(self.camera_id, index, image, label, captured, tensor, prepared_by))
             index += 1
+
+    def _prepared(self, image: np.ndarray) -> tuple[np.ndarray | None, Preparer | None]:
+        prepare = self.prepare
+        if prepare is None:
+            return None, None
+        # A fresh array per frame: the pipeline may still be reading the last one.
+        tensor = np.empty(prepare.sample_shape, np.float32)
+        try:
+            prepare(image, tensor)
+        except Exception:  # OpenCV's errors are untyped; the pipeline retries and reports it
+            return None, None
+        return tensor, prepare
 
     def _reopen(self) -> bool:
         # Supervision: keep trying to reopen a failed source until stopped, backing off.

@@ -8,8 +8,11 @@ One thread runs the loop, in this order, once per batch:
 2. wait on the cameras' shared wake-up event until some frame is ready, then
    take the newest frame of up to ``batch_size`` cameras (round robin, so a
    camera is never starved when there are more cameras than batch slots);
-3. preprocess each frame into a preallocated ``batch_size x C x H x W``
-   buffer (reallocated only when the model's input shape changes);
+3. copy each frame's model input into a preallocated ``batch_size x C x H
+   x W`` buffer (reallocated only when the model's input shape changes): the
+   cameras' capture threads preprocess with the running model's spec
+   (``Camera.prepare``), in parallel with the model; a frame made for another
+   model (around a swap) is preprocessed here;
 4. run the batch, take argmax and softmax confidence with a few vectorised
    numpy calls;
 5. hand a copy of the batch to the shadow candidate, if one runs
@@ -230,6 +233,7 @@ class Pipeline:
         self._window = self._new_window(runtime)
         self._since = _run_stats(runtime)
         self._drops_seen = [c.drops for c in self.cameras]
+        self._prepare_with(runtime)
         self._buffer = np.zeros((0, 0, 0, 0), dtype=np.float32)
         self._frames: list[Frame] = []
         self._next_camera = 0
@@ -326,6 +330,7 @@ class Pipeline:
             self._runtime = runtime
             self._window = self._new_window(runtime)
             self._since = _run_stats(runtime)
+        self._prepare_with(runtime)
         record = SwapRecord(
             _identity(old),
             (runtime.bundle.name, runtime.bundle.version),
@@ -337,6 +342,10 @@ class Pipeline:
         self._swapped.notify_all()
         self.signal.set()
         logger.info("swapped model %s → %s in %.3f ms", record.old, record.new, record.swap_ms)
+
+    def _prepare_with(self, runtime: ModelRuntime | None) -> None:
+        for camera in self.cameras:
+            camera.prepare = None if runtime is None else runtime.preprocess
 
     # --- windows ----------------------------------------------------------------
 
@@ -488,7 +497,11 @@ class Pipeline:
         n = len(frames)
         try:
             for i in range(n):
-                preprocess(frames[i].image, buffer[i])
+                frame = frames[i]
+                if frame.prepared_by is preprocess and frame.tensor is not None:
+                    buffer[i] = frame.tensor
+                else:
+                    preprocess(frame.image, buffer[i])
             started = time.monotonic()
             scores = runtime.run(buffer[:n])
         except Exception as e:  # onnxruntime and OpenCV raise untyped errors

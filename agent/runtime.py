@@ -29,8 +29,16 @@ logger = logging.getLogger(__name__)
 class Preprocessor:
     """Turns camera frames (H x W gray, or H x W x 3 BGR as OpenCV gives) into model input.
 
-    The per-channel affine transform ``(p * scale - mean) / std`` is folded into one
-    multiply-add with precomputed coefficients, written into a caller's buffer.
+    The whole frame is resized to the model's input (squashed, not cropped, as
+    the trainer does). A frame at least twice the input size is first halved
+    with area averaging (OpenCV's fast integer path) as often as it can be,
+    then resized bilinearly the rest of the way: within a grey level of the
+    trainer's Pillow bilinear filter on camera-like frames, at a tenth of the
+    cost of one area resize by a fractional factor (0.16 against 1.3 ms for
+    640x480 to 224x224). Frames less than twice the input size take one area
+    resize, as before. The per-channel affine transform ``(p * scale - mean) /
+    std`` is folded into one multiply-add with precomputed coefficients,
+    written into a caller's buffer.
     """
 
     def __init__(self, spec: InputSpec) -> None:
@@ -40,6 +48,23 @@ class Preprocessor:
         self._mul = (spec.scale / std).astype(np.float32).reshape(-1, 1, 1)
         self._add = (-np.asarray(spec.mean, dtype=np.float32) / std).reshape(-1, 1, 1)
 
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one preprocessed frame."""
+        return self.channels, self.height, self.width
+
+    def _resize(self, img: np.ndarray) -> np.ndarray:
+        height, width = img.shape[0], img.shape[1]
+        halved = False
+        while height >= 2 * self.height and width >= 2 * self.width:
+            height, width = height // 2, width // 2
+            img = cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA)
+            halved = True
+        if (height, width) != (self.height, self.width):
+            interpolation = cv2.INTER_LINEAR if halved else cv2.INTER_AREA
+            img = cv2.resize(img, (self.width, self.height), interpolation=interpolation)
+        return img
+
     def __call__(self, frame: np.ndarray, out: np.ndarray) -> None:
         """Write the preprocessed ``frame`` into ``out`` (shape C x H x W, float32)."""
         img = frame
@@ -48,7 +73,7 @@ class Preprocessor:
         elif img.ndim == 2 and self.spec.color != "gray":
             img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
         if img.shape[0] != self.height or img.shape[1] != self.width:
-            img = cv2.resize(img, (self.width, self.height), interpolation=cv2.INTER_AREA)
+            img = self._resize(img)
         if self.spec.color == "rgb":
             img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
         chw = img[np.newaxis] if img.ndim == 2 else img.transpose(2, 0, 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -142,12 +143,31 @@ def test_slow_pipeline_counts_camera_drops(tmp_path: Path) -> None:
     assert inference["frames"] + inference["drops"] <= camera.captured
 
 
+class GatedSource(MemorySource):
+    """A memory source that holds its frames after the first ``open_for`` until ``gate`` opens."""
+
+    def __init__(self, gate: threading.Event, open_for: int, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.gate, self.open_for, self.reads = gate, open_for, 0
+
+    def read(self) -> tuple[np.ndarray, str | None] | None:
+        if self.reads >= self.open_for:
+            self.gate.wait()
+        self.reads += 1
+        return super().read()
+
+
 def test_swap_mid_run_changes_version_and_loses_no_frame(tmp_path: Path) -> None:
     v1 = tiny_runtime(tmp_path / "v1", "1.0.0")
     v2 = tiny_runtime(tmp_path / "v2", "2.0.0", sign=-1.0)
     images, labels = labelled_images(300)
+    gate = threading.Event()  # the second half of the frames waits for the swap
     cameras = [
-        Camera(MemorySource(images[i::3], labels[i::3], fps=None, camera_id=f"c{i}", loop=False))
+        Camera(
+            GatedSource(
+                gate, 50, images[i::3], labels[i::3], fps=None, camera_id=f"c{i}", loop=False
+            )
+        )
         for i in range(3)
     ]
     pipeline = Pipeline(cameras, v1, batch_size=3)
@@ -157,6 +177,7 @@ def test_swap_mid_run_changes_version_and_loses_no_frame(tmp_path: Path) -> None
     try:
         assert wait_for(lambda: pipeline.frames_total >= 60)
         swap_ms = pipeline.swap(v2)
+        gate.set()
         assert wait_for(lambda: pipeline.frames_total == 300)
     finally:
         pipeline.stop()
@@ -231,3 +252,24 @@ def test_without_a_model_frames_are_dropped_and_nothing_is_inferred() -> None:
     assert inference["frames"] == 0 and inference["drops"] >= 10
     assert inference["model"] is None and accuracy["accuracy"] is None
     assert pipeline.frames_total == 0
+
+
+def test_cameras_preprocess_for_the_running_model_in_their_own_threads(tmp_path: Path) -> None:
+    v1 = tiny_runtime(tmp_path / "v1", "1.0.0")
+    images, labels = labelled_images(4)
+    camera = Camera(MemorySource(images, labels, fps=None, loop=False))
+    pipeline = Pipeline([camera], v1, batch_size=1)
+    assert camera.prepare is v1.preprocess
+    camera.start()
+    try:
+        assert wait_for(lambda: camera.slot.pending())
+        frame = camera.slot.take()
+    finally:
+        camera.stop()
+    assert frame is not None and frame.prepared_by is v1.preprocess
+    want = np.empty((1, 28, 28), np.float32)
+    v1.preprocess(frame.image, want)
+    np.testing.assert_array_equal(frame.tensor, want)
+    v2 = tiny_runtime(tmp_path / "v2", "2.0.0")
+    pipeline.swap(v2)
+    assert camera.prepare is v2.preprocess, "frames made for v1 would be preprocessed again"
