@@ -50,8 +50,7 @@ from sqlalchemy.orm import Session
 from corral.errors import ProfileError
 from corral.profiles import FirmwareProfile, default_profiles_dir, load_profiles
 from registry._time import as_utc, iso, utcnow
-from registry.alerts import stats
-from registry.alerts.quality import DeviceWindow, Drift, drift
+from registry.alerts.quality import DeviceWindow, Drift, decide_drift, drift
 from registry.alerts.rules import AlertRules
 from registry.core.db import SessionFactory
 from registry.periodic import Periodic
@@ -386,32 +385,25 @@ class Alerts:
             )
             if results:
                 tested.append((device, results))
-        # One p-value per device (Bonferroni over its own tests), then FDR across devices.
-        p_values = [
-            min(
-                1.0,
-                min((d.p_value for d in res if d.p_value is not None), default=1.0)
-                * max(1, sum(d.p_value is not None for d in res)),
-            )
-            for _, res in tested
-        ]
-        rejected = stats.benjamini_hochberg(p_values, r.drift_fdr) if p_values else []
+        # Bonferroni per device, Benjamini-Hochberg across devices, streaks: decide_drift.
+        by_id = {device.id: device for device, _ in tested}
+        decisions, self._streaks = decide_drift(
+            [(device.id, results) for device, results in tested],
+            self._streaks,
+            r.drift_fdr,
+            r.drift_consecutive,
+        )
         out: list[Finding] = []
-        flagged_now: set[str] = set()
-        for (device, results), p, reject in zip(tested, p_values, rejected, strict=True):
-            large = [d for d in results if d.beyond]
-            if not (reject or large):
+        for decision in decisions:
+            if not decision.fires:
                 continue
-            flagged_now.add(device.id)
-            streak = self._streaks.get(device.id, 0) + 1
-            self._streaks[device.id] = streak
-            if streak < r.drift_consecutive:
-                continue
+            device, found, p = by_id[decision.device_id], decision.results, decision.p_value
+            large = decision.large
             worst = (
                 large[0]
                 if large
                 else min(
-                    (d for d in results if d.p_value is not None), key=lambda d: d.p_value or 1.0
+                    (d for d in found if d.p_value is not None), key=lambda d: d.p_value or 1.0
                 )
             )
             out.append(
@@ -423,18 +415,15 @@ class Alerts:
                     f"({worst.test} {worst.value:.3g}"
                     + (
                         f", p={p:.2g} at FDR {r.drift_fdr}"
-                        if reject
+                        if decision.rejected
                         else f" over {worst.threshold}"
                     )
-                    + f"; {streak} evaluations in a row)",
+                    + f"; {decision.streak} evaluations in a row)",
                     worst.value,
                     worst.threshold if worst.large else r.drift_fdr,
-                    {"tests": [d.to_dict() for d in results], "device_p_value": p},
+                    {"tests": [d.to_dict() for d in found], "device_p_value": p},
                 )
             )
-        for device_id in list(self._streaks):
-            if device_id not in flagged_now:
-                del self._streaks[device_id]
         return out
 
     @staticmethod

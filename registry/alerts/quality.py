@@ -17,23 +17,65 @@ predicted classes, two-sample KS on confidence), whose p-values the caller
 combines across devices with Benjamini-Hochberg; large ones get effect sizes
 (Jensen-Shannon distance on classes, PSI on confidence) against fixed
 thresholds, since with enough frames any difference is significant.
+
+:func:`decide_drift` turns one evaluation's test results, every device's at
+once, into verdicts: a device's p-value (Bonferroni over its own tests),
+Benjamini-Hochberg across the devices, effect sizes over their thresholds,
+and the streak of evaluations in a row a device has been flagged, which must
+reach ``consecutive`` before the alert fires. It is pure (the caller keeps
+the streaks between evaluations), so a benchmark can drive the registry's
+own decision without a database.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import pairwise
 from typing import Any
 
 from registry.alerts import stats
 
-__all__ = ["DeviceWindow", "Drift", "drift"]
+__all__ = ["DeviceWindow", "Drift", "DriftDecision", "decide_drift", "drift", "rebin"]
 
 
 def _int(value: Any) -> int:
     return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0
+
+
+def _edges(bins: Any, counts: list[Any]) -> list[float] | None:
+    """Histogram edges from ``bins``: the edges themselves, or (as agents send it) the
+    number of equal bins over [0, 1]. None when they do not fit ``counts``."""
+    if isinstance(bins, int) and not isinstance(bins, bool) and bins == len(counts) > 0:
+        return [i / bins for i in range(bins + 1)]
+    if isinstance(bins, list) and len(bins) == len(counts) + 1:
+        try:
+            edges = [float(b) for b in bins]
+        except (TypeError, ValueError):
+            return None
+        if all(a < b for a, b in pairwise(edges)):
+            return edges
+    return None
+
+
+def rebin(counts: Sequence[float], edges: Sequence[float], onto: Sequence[float]) -> list[float]:
+    """Move a histogram onto other bin edges, each bin's mass spread evenly over its width.
+
+    A bundle's baseline for a two-class model bins confidence over [0.5, 1] (top-1
+    confidence never falls below 0.5), the agent over [0, 1]: compared bin by bin
+    as they are, the two would silently disagree.
+    """
+    out = [0.0] * (len(onto) - 1)
+    for count, low, high in zip(counts, edges, edges[1:], strict=False):
+        if count <= 0 or high <= low:
+            continue
+        for j, (a, b) in enumerate(pairwise(onto)):
+            overlap = min(high, b) - max(low, a)
+            if overlap > 0:
+                out[j] += float(count) * overlap / (high - low)
+    return out
 
 
 @dataclass
@@ -67,11 +109,12 @@ class DeviceWindow:
             for label, n in counts.items():
                 self.predicted[str(label)] += _int(n)
             hist = body.get("confidence_hist") or {}
-            bins, values = hist.get("bins"), hist.get("counts")
-            if isinstance(values, list) and isinstance(bins, list):
-                if len(self.confidence) != len(values):
+            values = hist.get("counts")
+            edges = _edges(hist.get("bins"), values) if isinstance(values, list) else None
+            if edges is not None and isinstance(values, list):
+                if self.confidence_bins != edges:
                     self.confidence = [0] * len(values)
-                    self.confidence_bins = [float(b) for b in bins]
+                    self.confidence_bins = edges
                 self.confidence = [
                     a + _int(b) for a, b in zip(self.confidence, values, strict=True)
                 ]
@@ -218,6 +261,9 @@ def drift(
     hist = baseline.get("confidence_hist")
     if isinstance(hist, Mapping) and window.confidence:
         base = [float(c) for c in hist.get("counts") or []]
+        edges = _edges(hist.get("bins"), base)
+        if edges is not None and edges != window.confidence_bins:
+            base = rebin(base, edges, window.confidence_bins)
         if len(base) == len(window.confidence) and sum(base) > 0:
             if n_eff < large_n:
                 d, p = stats.ks_two_sample(
@@ -228,3 +274,84 @@ def drift(
                 value = stats.psi(window.confidence, base)
                 results.append(Drift("psi_confidence", value, None, n_eff, max_psi, large=True))
     return results
+
+
+@dataclass(frozen=True)
+class DriftDecision:
+    """One device's drift verdict in one evaluation (see :func:`decide_drift`)."""
+
+    device_id: str
+    results: tuple[Drift, ...]
+    #: The smallest p-value of the device's significance tests times their number
+    #: (Bonferroni), capped at 1; 1.0 when it had none (large windows).
+    p_value: float
+    #: Benjamini-Hochberg rejects the device's p-value across the evaluation's devices.
+    rejected: bool
+    #: The effect-size tests over their thresholds.
+    large: tuple[Drift, ...]
+    #: Evaluations in a row the device has been flagged, this one included; 0 if not now.
+    streak: int
+    #: Flagged for at least ``consecutive`` evaluations in a row: the alert fires.
+    fires: bool
+
+    @property
+    def flagged(self) -> bool:
+        """Drifted in this evaluation, whether or not for long enough to fire."""
+        return self.rejected or bool(self.large)
+
+
+def decide_drift(
+    tested: Sequence[tuple[str, Sequence[Drift]]],
+    streaks: Mapping[str, int],
+    fdr: float,
+    consecutive: int,
+) -> tuple[list[DriftDecision], dict[str, int]]:
+    """One evaluation's drift verdicts for every device tested in it.
+
+    Args:
+        tested: ``(device_id, results of drift())`` for every device with results,
+            each device once; Benjamini-Hochberg runs across all of them.
+        streaks: each device's streak after the previous evaluation (as returned
+            then; a device missing from it has none).
+        fdr: the false discovery rate for Benjamini-Hochberg.
+        consecutive: the evaluations in a row a device must be flagged to fire.
+
+    Returns:
+        The decisions, in the order of ``tested``, and the streaks to pass to the
+        next evaluation (only the devices flagged now: any other streak ends).
+
+    Raises:
+        ValueError: a device appears twice in ``tested``.
+    """
+    ids = [device_id for device_id, _ in tested]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"expected each device once, got {sorted(ids)}")
+    p_values = [
+        min(
+            1.0,
+            min((d.p_value for d in results if d.p_value is not None), default=1.0)
+            * max(1, sum(d.p_value is not None for d in results)),
+        )
+        for _, results in tested
+    ]
+    rejected = stats.benjamini_hochberg(p_values, fdr) if p_values else []
+    decisions: list[DriftDecision] = []
+    next_streaks: dict[str, int] = {}
+    for (device_id, results), p, reject in zip(tested, p_values, rejected, strict=True):
+        large = tuple(d for d in results if d.beyond)
+        streak = 0
+        if reject or large:
+            streak = streaks.get(device_id, 0) + 1
+            next_streaks[device_id] = streak
+        decisions.append(
+            DriftDecision(
+                device_id,
+                tuple(results),
+                p,
+                reject,
+                large,
+                streak,
+                fires=streak > 0 and streak >= consecutive,
+            )
+        )
+    return decisions, next_streaks

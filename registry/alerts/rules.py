@@ -23,7 +23,7 @@ class AlertRules(BaseModel):
     max_recall_gap: float = Field(default=0.3, ge=0, le=1)
     min_class_support: int = Field(default=30, ge=1)
     drift_fdr: float = Field(default=0.01, gt=0, lt=1)
-    drift_frames_per_sample: float = Field(default=10.0, ge=1)
+    drift_frames_per_sample: float = Field(default=20.0, ge=1)
     drift_large_n: float = Field(default=1000.0, gt=0)
     drift_max_js: float = Field(default=0.1, gt=0, le=1)
     drift_max_psi: float = Field(default=0.2, gt=0)
