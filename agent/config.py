@@ -5,6 +5,12 @@ The file holds the device's credential, so it is written with mode 0600, through
 a temporary file, ``fsync`` and ``os.replace``: a crash leaves either the old file
 or the new one, never half of one. Unknown keys are refused, so a typo or a file
 from a newer agent fails loudly instead of being silently ignored.
+
+TLS to the broker (``mqtt_tls``): the CA bundle, client certificate and key
+are file paths, relative to the data folder unless absolute. Enrolment writes
+the CA the registry hands out to ``{data_dir}/mqtt-ca.pem``. The TLS keys are
+written only when TLS is on, so a plain configuration stays readable by an
+older agent.
 """
 
 from __future__ import annotations
@@ -20,9 +26,11 @@ from typing import Any
 
 from agent.errors import ConfigError
 from corral.profiles import default_profiles_dir
+from corral.tls import BrokerTls
 
 __all__ = [
     "CONFIG_FILE",
+    "MQTT_CA_FILE",
     "AgentConfig",
     "default_profiles_dir",
     "fsync_dir",
@@ -32,6 +40,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "agent.json"
+#: Where enrolment puts the broker's CA certificate, in the data folder.
+MQTT_CA_FILE = "mqtt-ca.pem"
 _ENROL_HINT = "run `corral agent enrol --registry URL --token TOKEN` to enrol this device"
 _REQUIRED: dict[str, type | tuple[type, ...]] = {
     "device_id": str,
@@ -47,7 +57,13 @@ _OPTIONAL: dict[str, type | tuple[type, ...]] = {
     "profiles_dir": (str, type(None)),
     "report_interval_s": (int, float),
     "poll_interval_s": (int, float),
+    "mqtt_tls": bool,
+    "mqtt_ca_file": (str, type(None)),
+    "mqtt_cert_file": (str, type(None)),
+    "mqtt_key_file": (str, type(None)),
+    "mqtt_tls_check_hostname": bool,
 }
+_TLS_FILES = ("mqtt_ca_file", "mqtt_cert_file", "mqtt_key_file")
 
 
 def fsync_dir(directory: Path) -> None:
@@ -104,6 +120,11 @@ class AgentConfig:
     ``data_dir`` is where the file lives and is not stored in it. ``profile`` is a
     firmware profile name, or ``None`` to detect the hardware at each start.
     ``profiles_dir`` ``None`` means :func:`default_profiles_dir`.
+
+    With ``mqtt_tls`` the agent speaks TLS to the broker: ``mqtt_ca_file`` is the
+    CA bundle that vouches for the broker (None: the system's CAs), and
+    ``mqtt_cert_file`` / ``mqtt_key_file`` a client certificate for a broker that
+    requires one. Relative paths are relative to ``data_dir``.
     """
 
     data_dir: Path
@@ -118,11 +139,28 @@ class AgentConfig:
     profiles_dir: Path | None = None
     report_interval_s: float = 5.0
     poll_interval_s: float = 30.0
+    mqtt_tls: bool = False
+    mqtt_ca_file: Path | None = None
+    mqtt_cert_file: Path | None = None
+    mqtt_key_file: Path | None = None
+    mqtt_tls_check_hostname: bool = True
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)
         if self.profiles_dir is not None:
             self.profiles_dir = Path(self.profiles_dir)
+        for name in _TLS_FILES:
+            if getattr(self, name) is not None:
+                setattr(self, name, Path(getattr(self, name)))
+        if not self.mqtt_tls:
+            stray = [name for name in _TLS_FILES if getattr(self, name) is not None]
+            if stray:
+                raise ConfigError(
+                    f"{', '.join(stray)} set but mqtt_tls is false; set mqtt_tls to true "
+                    "(and mqtt_port to the broker's TLS port, usually 8883) or remove them"
+                )
+        if self.mqtt_key_file is not None and self.mqtt_cert_file is None:
+            raise ConfigError("mqtt_key_file is set without mqtt_cert_file; set both, or neither")
         if not 0 < self.mqtt_port < 65536:
             raise ConfigError(f"mqtt_port should be 1..65535, got {self.mqtt_port}")
         for name in ("report_interval_s", "poll_interval_s"):
@@ -151,13 +189,32 @@ class AgentConfig:
         return self.data_dir / "downloads"
 
     @property
+    def broker_tls(self) -> BrokerTls | None:
+        """The TLS settings for the broker link (paths resolved), or None for plain MQTT.
+
+        The files are read when the link is made (:class:`agent.mqtt.AgentLink`).
+        """
+        if not self.mqtt_tls:
+            return None
+
+        def resolve(path: Path | None) -> Path | None:
+            return None if path is None else self.data_dir / path
+
+        return BrokerTls(
+            ca_file=resolve(self.mqtt_ca_file),
+            cert_file=resolve(self.mqtt_cert_file),
+            key_file=resolve(self.mqtt_key_file),
+            check_hostname=self.mqtt_tls_check_hostname,
+        )
+
+    @property
     def resolved_profiles_dir(self) -> Path:
         """``profiles_dir``, or the default folder when it is not set."""
         return self.profiles_dir if self.profiles_dir is not None else default_profiles_dir()
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON document stored in agent.json (``data_dir`` is not stored)."""
-        return {
+        document: dict[str, Any] = {
             "device_id": self.device_id,
             "device_token": self.device_token,
             "registry_url": self.registry_url,
@@ -170,6 +227,13 @@ class AgentConfig:
             "report_interval_s": self.report_interval_s,
             "poll_interval_s": self.poll_interval_s,
         }
+        if self.mqtt_tls:
+            document["mqtt_tls"] = True
+            for name in _TLS_FILES:
+                value = getattr(self, name)
+                document[name] = None if value is None else str(value)
+            document["mqtt_tls_check_hostname"] = self.mqtt_tls_check_hostname
+        return document
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], data_dir: Path) -> AgentConfig:
@@ -198,8 +262,12 @@ class AgentConfig:
         if missing:
             raise ConfigError(f"{where} lacks {sorted(missing)}; {_ENROL_HINT}")
         for key, kind in (_REQUIRED | _OPTIONAL).items():
-            if key in data and (not isinstance(data[key], kind) or isinstance(data[key], bool)):
-                raise ConfigError(f"{where}: {key} has the wrong type: {data[key]!r:.60}")
+            if key not in data:
+                continue
+            value = data[key]
+            # bool is an int to isinstance: refuse it where a number is expected.
+            if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+                raise ConfigError(f"{where}: {key} has the wrong type: {value!r:.60}")
         return cls(data_dir=Path(data_dir), **data)
 
     @classmethod

@@ -6,10 +6,17 @@ the broker address, the TUF URLs and the repository's ``root.json``. The root is
 checked to be a self-signed TUF root and pinned: every model the agent installs
 later must chain from it.
 
-Order of writes: ``tuf/metadata/root.json`` first, ``agent.json`` last, because
-the existence of agent.json is what "enrolled" means. An existing enrolment is
-refused before the token is spent, unless ``force`` (which also clears the
-cached TUF metadata of the old repository).
+When the registry's broker speaks TLS, the answer says so (``mqtt.tls``) and
+carries the broker's CA certificate (``mqtt.ca_pem``), the way it carries the
+TUF root: it is checked to be PEM and kept as ``mqtt-ca.pem``, so a technician
+copies no certificate by hand. Both arrive over the enrolment connection, so
+enrol over ``https://`` wherever the network between the park computer and the
+registry is not trusted.
+
+Order of writes: ``tuf/metadata/root.json`` and ``mqtt-ca.pem`` first,
+``agent.json`` last, because the existence of agent.json is what "enrolled"
+means. An existing enrolment is refused before the token is spent, unless
+``force`` (which also clears the cached TUF metadata of the old repository).
 """
 
 from __future__ import annotations
@@ -25,10 +32,11 @@ from tuf.api.exceptions import RepositoryError
 from tuf.api.metadata import Metadata, Root
 
 import corral
-from agent.config import CONFIG_FILE, AgentConfig, write_file_atomic
+from agent.config import CONFIG_FILE, MQTT_CA_FILE, AgentConfig, write_file_atomic
 from agent.errors import ConfigError, EnrolmentError
-from corral.errors import PayloadError
+from corral.errors import PayloadError, TlsConfigError
 from corral.profiles import FirmwareProfile, HardwareFacts
+from corral.tls import check_ca_pem
 from corral.topics import check_device_id
 
 __all__ = ["ENROL_PATH", "enrol"]
@@ -123,6 +131,25 @@ def _check_root(document: Any) -> bytes:
     return raw
 
 
+def _broker_ca(mqtt: dict[str, Any]) -> tuple[bool, bytes | None]:
+    """Whether the broker speaks TLS, and the CA (PEM bytes) the registry handed out, checked."""
+    tls = mqtt.get("tls", False)  # a registry from before TLS sends no "tls"
+    if not isinstance(tls, bool):
+        raise EnrolmentError(
+            f"the registry's enrolment answer has a non-boolean mqtt.tls: {tls!r:.60}"
+        )
+    pem = mqtt.get("ca_pem")
+    if pem is None or not tls:
+        return tls, None
+    if not isinstance(pem, str):
+        raise EnrolmentError("the registry's enrolment answer has a mqtt.ca_pem that is not text")
+    try:
+        check_ca_pem(pem, "the broker CA the registry sent (mqtt.ca_pem)")
+    except TlsConfigError as e:
+        raise EnrolmentError(str(e)) from e
+    return tls, pem.encode()
+
+
 def enrol(
     registry_url: str,
     token: str,
@@ -194,6 +221,7 @@ def enrol(
     if not isinstance(answer, dict):
         raise EnrolmentError("the registry's enrolment answer is not a JSON object")
     mqtt = _field(answer, "mqtt", dict)
+    tls, ca_pem = _broker_ca(mqtt)
     root = _check_root(answer.get("tuf_root"))
     if _field(answer, "device_id", str) != device_id:
         raise EnrolmentError(
@@ -210,6 +238,8 @@ def enrol(
             metadata_url=_field(answer, "metadata_url", str),
             targets_url=_field(answer, "targets_url", str),
             profile=profile.name if pin_profile else None,
+            mqtt_tls=tls,
+            mqtt_ca_file=Path(MQTT_CA_FILE) if ca_pem is not None else None,
         )
     except ConfigError as e:
         raise EnrolmentError(f"the registry's enrolment answer is not usable: {e}") from e
@@ -222,6 +252,14 @@ def enrol(
         write_file_atomic(metadata_dir / "root.json", root)
     except OSError as e:
         raise ConfigError(f"cannot write the trusted root into {metadata_dir}: {e}") from e
+    ca_path = data_dir / MQTT_CA_FILE
+    try:
+        if ca_pem is not None:
+            write_file_atomic(ca_path, ca_pem)
+        elif ca_path.exists():
+            ca_path.unlink()  # an old enrolment's broker CA; this one trusts no file
+    except OSError as e:
+        raise ConfigError(f"cannot write the broker's CA certificate to {ca_path}: {e}") from e
     config.save()
     logger.info("enrolled %s; profile %s", device_id, profile.name)
     return config

@@ -38,6 +38,14 @@ return codes and callbacks stop here. The order of things:
 ``on_publish`` runs in paho's network thread while paho holds its own lock;
 it only queues the acknowledged message id for the sender thread, which owns
 the in-flight table (calling back into paho from there could deadlock).
+
+TLS: with ``tls`` (:class:`corral.tls.BrokerTls`) the link speaks TLS >= 1.2,
+verifies the broker's certificate against the CA file and its name against
+``host``, and shows a client certificate when one is configured. A connect
+that fails (an untrusted or misnamed broker certificate, a broker that wants a
+client certificate, a broker that is down) is retried like any other, and
+explained once in the log and in :attr:`AgentLink.last_error`
+(:class:`corral.tls.ConnectWatch`): the agent keeps running and queueing.
 """
 
 from __future__ import annotations
@@ -55,6 +63,7 @@ import paho.mqtt.client as mqtt
 from agent.outbox import Outbox
 from corral.errors import PayloadError
 from corral.payloads import decode, encode
+from corral.tls import BrokerTls, ConnectWatch
 from corral.topics import topic
 
 __all__ = ["AgentLink", "LinkStats"]
@@ -98,6 +107,10 @@ class AgentLink:
             before it is published again.
         replay_s: after an unexpected disconnect, messages acknowledged this long
             before it are sent again (the broker may have lost them).
+        tls: speak TLS to the broker with these settings; None for plain MQTT.
+
+    Raises:
+        TlsConfigError: the CA file, client certificate or key in ``tls`` is unusable.
     """
 
     def __init__(
@@ -115,6 +128,7 @@ class AgentLink:
         reconnect_delay_s: tuple[int, int] = (1, 30),
         resend_after_s: float = 30.0,
         replay_s: float = 10.0,
+        tls: BrokerTls | None = None,
     ) -> None:
         self.device_id = device_id
         self.host = host
@@ -138,6 +152,16 @@ class AgentLink:
         )
         if username is not None:
             self._client.username_pw_set(username, password)
+        self.tls = tls
+        if tls is not None:
+            self._client.tls_set_context(tls.context())
+            if not tls.check_hostname:
+                logger.warning(
+                    "not checking that the broker's certificate names %s (check_hostname off)",
+                    host,
+                )
+        self._watch = ConnectWatch(logger, host, port, tls)
+        self._watch.attach(self._client)
         self._client.max_inflight_messages_set(0)  # no paho limit: see the module doc
         self._client.reconnect_delay_set(*reconnect_delay_s)
         self._client.on_connect = self._on_connect
@@ -163,6 +187,11 @@ class AgentLink:
     def connected(self) -> bool:
         """Whether the broker accepted the connection and it is up."""
         return self._connected.is_set()
+
+    @property
+    def last_error(self) -> str | None:
+        """Why the last connect attempt failed (what to do included); None once connected."""
+        return self._watch.last_error
 
     def wait_connected(self, timeout: float) -> bool:
         """Wait until connected.
@@ -252,10 +281,13 @@ class AgentLink:
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
     ) -> None:
         if reason.is_failure:
-            logger.warning("broker %s:%s refused the connection: %s", self.host, self.port, reason)
+            self._watch.refused(reason)
             return
+        self._watch.connected()
         self.stats.connects += 1
-        logger.info("connected to broker %s:%s", self.host, self.port)
+        logger.info(
+            "connected to broker %s:%s%s", self.host, self.port, " over TLS" if self.tls else ""
+        )
         client.subscribe(self._desired_topic, qos=1)
         self._connected_at = time.monotonic()
         self._connected.set()
@@ -271,7 +303,9 @@ class AgentLink:
             return
         if not was:
             # A failed attempt: the will was never registered, so its seq stays unused.
+            self._watch.dropped(reason)
             return
+        self._watch.disconnected()
         logger.warning("lost the broker (%s); retrying, messages wait in the outbox", reason)
         self._lost_at = time.monotonic()
         self._wake.set()

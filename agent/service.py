@@ -89,7 +89,9 @@ class _InstallResult(Protocol):
 
 
 class _Updater(Protocol):
-    def install(self, model: str, version: str, *, into: Slots | None = None) -> Any: ...
+    def install(
+        self, model: str, version: str, *, into: Slots | None = None, variant: str | None = None
+    ) -> Any: ...
 
     def current(self) -> Any: ...
 
@@ -177,6 +179,7 @@ class AgentService:
         self._desired: tuple[str | None, str | None] | None = None
         self._desired_gen = 0  # bumped by every MQTT hint
         self._desired_seq = -1  # the newest registry seq of a desired hint seen
+        self._variant: str | None = None  # the file variant the rollout asks for
         self._kick = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -289,6 +292,7 @@ class AgentService:
             status_body=self.status_body,
             username=self.device_id,
             password=self.config.device_token,
+            tls=self.config.broker_tls,
         )
         self.link.start()
         if load_error is not None:
@@ -440,19 +444,25 @@ class AgentService:
                 self.rejections.clear_if_newer((desired[0], desired[1]), seq)
         if self.shadow is not None:
             self.shadow.want(shadow_of(body), fresh)
+        variant = body.get("variant")
+        self._variant = variant if isinstance(variant, str) else None
         self._desired = desired
         self._desired_gen += 1
         self._kick.set()
 
-    def _poll(self) -> tuple[tuple[str | None, str | None], tuple[str, str] | None] | None:
-        """(desired, shadow), or None when the registry did not answer.
+    def _poll(self) -> tuple[tuple[str | None, str | None], Mapping[str, Any]] | None:
+        """(desired, the rest of the answer), or None when the registry did not answer.
 
-        A ``poll_desired`` seam knows no shadow: the hint's stays as it is.
+        A ``poll_desired`` seam knows no shadow or variant: the hint's stay as they are.
         """
         if self._poll_desired is not None:
             polled = self._poll_desired()
             shadow = self.shadow.desired if self.shadow is not None else None
-            return None if polled is None else (polled, shadow)
+            rest = {
+                "variant": self._variant,
+                "shadow": None if shadow is None else {"model": shadow[0], "version": shadow[1]},
+            }
+            return None if polled is None else (polled, rest)
         url = f"{self.config.registry_url.rstrip('/')}/api/v1/devices/{self.device_id}/desired"
         try:
             response = httpx.get(
@@ -468,7 +478,7 @@ class AgentService:
         if not isinstance(data, dict):
             logger.warning("polling %s gave %r, expected {model, version}", url, data)
             return None
-        return (data.get("model"), data.get("version")), shadow_of(data)
+        return (data.get("model"), data.get("version")), data
 
     def _reconcile_loop(self) -> None:
         interval = float(self.config.poll_interval_s)
@@ -481,8 +491,10 @@ class AgentService:
                 # A hint that arrived while the poll was in flight is newer: keep it.
                 if polled is not None and gen == self._desired_gen:
                     self._desired = polled[0]
+                    variant = polled[1].get("variant")
+                    self._variant = variant if isinstance(variant, str) else None
                     if self.shadow is not None:
-                        self.shadow.want(polled[1], fresh=False)
+                        self.shadow.want(shadow_of(polled[1]), fresh=False)
             self.check_health()
             self.reconcile()
             if self.shadow is not None and self.pipeline is not None and not self._stop.is_set():
@@ -515,7 +527,7 @@ class AgentService:
         assert self.updater is not None and self.pipeline is not None
         logger.info("installing %s %s (installed: %s)", key[0], key[1], self.installed)
         try:
-            result = self.updater.install(*key)
+            result = self.updater.install(*key, variant=self._variant)
         except UpdateError as e:
             failure = self.backoff.record(key, e)
             logger.warning(

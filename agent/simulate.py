@@ -298,6 +298,7 @@ class SimulatedAgent:
             status_body=self.status_body,
             username=config.device_id,
             password=config.device_token,
+            tls=config.broker_tls,
         )
         self.shadow_model: SimulatedModel | None = None
         self.shadows = ShadowReconciler(
@@ -311,6 +312,7 @@ class SimulatedAgent:
         self.failures = 0
         self._desired: tuple[str, str] | None = None
         self._desired_seq = -1
+        self._variant: str | None = None
         self._pending = False
         self._lock = threading.Lock()
         self._window_started = time.monotonic()
@@ -386,6 +388,8 @@ class SimulatedAgent:
                 if isinstance(model, str) and isinstance(version, str):
                     self.backoff.clear((model, version))
             self.shadows.want(shadow_of(body), fresh)
+            variant = body.get("variant")
+            self._variant = variant if isinstance(variant, str) else None
             if isinstance(model, str) and isinstance(version, str):
                 self._desired = (model, version)
             if self._pending or self._stopped:
@@ -448,7 +452,7 @@ class SimulatedAgent:
         if not self.backoff.allowed(desired, time.monotonic()):
             return
         try:
-            result = self.updater.install(*desired)
+            result = self.updater.install(*desired, variant=self._variant)
         except UpdateError as e:
             self.failures += 1
             self._event("install_failed", str(e), **self.backoff.record(desired, e))
@@ -770,6 +774,8 @@ class Fleet:
     def _forget(self, timeout: float) -> None:
         link = self.agents[0].link
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="")
+        if link.tls is not None:
+            client.tls_set_context(link.tls.context())
         try:
             client.connect(link.host, link.port)
         except OSError as e:

@@ -12,7 +12,8 @@ untouched, so the model that is running keeps running:
 2. ``models/{model}/{version}/bundle.json`` must be a signed target (absent:
    reason ``not_found``); it is downloaded (length and hash checked by TUF),
    parsed, and must name the model and version asked for.
-3. The variant is the profile's, else ``fp32``; the bundle must allow this
+3. The variant is the one the rollout asks for (the hint's ``variant``),
+   else the profile's, else ``fp32``; the bundle must allow this
    profile and agent version. The variant's file must be a signed target whose
    length and SHA-256 agree with the bundle; it is downloaded into staging.
 4. The staged files are checked against the bundle once more.
@@ -406,7 +407,14 @@ class Updater:
 
     # --- install -------------------------------------------------------------------
 
-    def install(self, model: str, version: str, *, into: Slots | None = None) -> InstallResult:
+    def install(
+        self,
+        model: str,
+        version: str,
+        *,
+        into: Slots | None = None,
+        variant: str | None = None,
+    ) -> InstallResult:
         """Fetch, verify, smoke-test and activate ``model`` ``version``.
 
         Args:
@@ -415,6 +423,8 @@ class Updater:
             into: the slots to install into; default this updater's. The agent
                 installs a shadow candidate into its own slots, through the
                 same verification, so the current model's slots stay untouched.
+            variant: the file variant the rollout asks for; None: the profile's
+                variant if the bundle has it, else fp32.
 
         Returns:
             The new current slot with its loaded, smoke-tested runtime.
@@ -432,7 +442,7 @@ class Updater:
         started = time.monotonic()
         with self._lock:
             try:
-                result = self._install(model, version, started, into or self.slots)
+                result = self._install(model, version, started, into or self.slots, variant)
             except Exception as e:
                 mapped = _map_error(e, model, version)
                 if mapped is None:
@@ -454,7 +464,9 @@ class Updater:
         )
         return result
 
-    def _install(self, model: str, version: str, started: float, slots: Slots) -> InstallResult:
+    def _install(
+        self, model: str, version: str, started: float, slots: Slots, wanted: str | None
+    ) -> InstallResult:
         try:
             target = bundle_target(model, version)
             Version.parse(version)
@@ -475,7 +487,7 @@ class Updater:
             )
             tuf.refresh()
             bundle = self._fetch_bundle(tuf, target, model, version, staging)
-            variant = self._choose_variant(bundle)
+            variant = self._choose_variant(bundle, wanted)
             entry = bundle.model_file(variant)
             self._fetch_model_file(tuf, bundle, entry, staging)
             # Only this variant's file was fetched; the bundle may list others.
@@ -557,8 +569,11 @@ class Updater:
             )
         return bundle
 
-    def _choose_variant(self, bundle: Bundle) -> str:
-        """The profile's variant if the bundle has it, else fp32; checks compatibility."""
+    def _choose_variant(self, bundle: Bundle, wanted: str | None = None) -> str:
+        """``wanted``, else the profile's variant if the bundle has it, else fp32.
+
+        Checks compatibility first.
+        """
         where = f"{bundle.name} {bundle.version}"
         allowed = bundle.compatibility.get("profiles") or []
         if allowed and self.profile.name not in allowed:
@@ -580,6 +595,14 @@ class Updater:
                     reason="incompatible",
                 )
         variants = {f.variant for f in bundle.files}
+        if wanted is not None:
+            if wanted not in variants:
+                raise UpdateError(
+                    f"{where}: the rollout asks for variant {wanted!r}, the bundle has "
+                    f"{sorted(variants)}; {_KEEPS_RUNNING}",
+                    reason="incompatible",
+                )
+            return wanted
         for variant in (self.profile.variant, "fp32"):
             if variant in variants:
                 return variant

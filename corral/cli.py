@@ -10,6 +10,7 @@ registry's HTTP API and need nothing heavy.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from rich.live import Live
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
+from corral.card import parse_ref, render_card
 from corral.client import RegistryClient
 from corral.errors import CorralError
 
@@ -305,6 +307,46 @@ def model_list(registry: Registry = None, token: Token = None) -> None:
             _fmt(lineage.get("dataset_version"))[:12],
         )
     console.print(table)
+
+
+ModelRef = Annotated[str, typer.Argument(help="The version, NAME@VERSION.")]
+
+
+def _audit(ref: str, registry: str | None, token: str | None) -> dict[str, Any]:
+    try:
+        name, version = parse_ref(ref)
+    except ValueError as e:
+        raise _fail(e) from e
+    with _registry(registry, token) as client:
+        return client.model_audit(name, version)
+
+
+@model_app.command("audit")
+def model_audit(
+    ref: ModelRef,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write the JSON here instead of stdout.")
+    ] = None,
+    registry: Registry = None,
+    token: Token = None,
+) -> None:
+    """Write a version's audit document (JSON): where it came from, how it scored, who
+    approved it, where it was rolled out, which devices ran it and when."""
+    text = json.dumps(_audit(ref, registry, token), indent=2) + "\n"
+    if out is None:
+        typer.echo(text, nl=False)
+        return
+    try:
+        out.write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise _fail(CorralError(f"cannot write {out}: {e}")) from e
+    console.print(f"wrote the audit of {ref} to {out}")
+
+
+@model_app.command("card")
+def model_card(ref: ModelRef, registry: Registry = None, token: Token = None) -> None:
+    """Print a version's model card: scores, origin, aliases, approvals, rollouts, devices."""
+    console.print(render_card(_audit(ref, registry, token)))
 
 
 _FINAL = ("succeeded", "failed", "aborted", "superseded")

@@ -148,6 +148,16 @@ class RegistryClient:
         bundle.verify_files(directory, variant)
         return bundle
 
+    def model_audit(self, name: str, version: str) -> dict[str, Any]:
+        """The audit document of one version (``registry.modelcard``): bundle facts,
+        lineage, metrics, alias moves, approvals, rollouts, the devices that ran it
+        and when, and the audit-log entries that name it.
+
+        Raises:
+            ApiError: no such version (404), not a viewer (403), or unreachable.
+        """
+        return dict(self._call("GET", f"/api/v1/models/{name}/{version}/audit"))
+
     def devices(self) -> list[dict[str, Any]]:
         """Every enrolled device's summary."""
         return list(self._call("GET", "/api/v1/devices"))

@@ -9,6 +9,7 @@ Rooted by whose fault it is::
         ├── ProfileError       a firmware profile is malformed or none matches
         └── VersionError       a version string is not semver
     └── ApiError               the registry's API refused a request or could not be reached
+    └── TlsConfigError         a CA bundle, certificate or key for TLS to the broker is unusable
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ __all__ = [
     "CorralError",
     "PayloadError",
     "ProfileError",
+    "TlsConfigError",
     "VersionError",
 ]
 
@@ -54,3 +56,10 @@ class ApiError(CorralError):
     def __init__(self, message: str, status: int = 0) -> None:
         super().__init__(message)
         self.status = status
+
+
+class TlsConfigError(CorralError):
+    """A CA bundle, client certificate or key for TLS to the MQTT broker cannot be used.
+
+    The operator's to fix: the message names the file and what is wrong with it.
+    """

@@ -2,7 +2,8 @@
 
 Building the app opens the database and the TUF keys at once (so a bad
 configuration fails before serving); the lifespan starts the MQTT bridge,
-the ingest worker and the TUF refresher, and stops them on shutdown.
+the ingest worker, the TUF refresher and the engines, then the retention job
+(``app.state.retention``, registry.retention), and stops them on shutdown.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from registry.api.routes import (
 )
 from registry.core.config import Settings
 from registry.core.context import RegistryContext
+from registry.retention import Retention
 
 __all__ = ["create_app"]
 
@@ -51,17 +53,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         sqlalchemy.exc.SQLAlchemyError: the database cannot be opened.
     """
     context = RegistryContext.build(settings or Settings())
+    retention = Retention(context.sessions, context.settings.retention)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         context.start()
+        retention.start()
         try:
             yield
         finally:
+            retention.stop()
             context.stop()
 
     app = FastAPI(title="Corral registry", version="0.1.0", lifespan=lifespan)
     app.state.registry = context
+    app.state.retention = retention
     install_error_handlers(app)
 
     @app.get("/healthz", tags=["health"])

@@ -273,6 +273,11 @@ def write_broker_files(
         "allow_anonymous false\n"
         f"password_file {result.password_path.resolve()}\n"
         f"acl_file {result.acl_path.resolve()}\n"
+        "# Mosquitto drops what it holds for a client past 1,000 messages by default, even\n"
+        "# messages it acknowledged to the sender: a registry a burst behind (a restart, a\n"
+        "# fleet back after an outage) would lose reports. Hold more; cap the memory.\n"
+        "max_queued_messages 200000\n"
+        "max_queued_bytes 268435456\n"
     )
     try:
         result.directory.mkdir(parents=True, exist_ok=True)

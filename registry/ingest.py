@@ -2,23 +2,31 @@
 
 The bridge's network thread only queues; one worker thread drains the queue
 in batches (up to ``batch_size`` per transaction) so a burst costs one commit,
-then acknowledges the batch. For each message, in order:
+then acknowledges the batch. A batch costs a handful of statements whatever
+its size:
 
-1. ``parse_topic``; a ``desired`` message (our own) is skipped;
-2. ``corral.payloads.decode``; the payload's device id must be the topic's;
-3. the device must be enrolled and not revoked; its row is locked
-   (``SELECT ... FOR UPDATE`` on PostgreSQL) so that two registries ingesting
-   for one device fold their messages into its summary one after the other;
-   a batch locks all its devices first, in id order, so two replicas never
-   deadlock on each other's batches;
-4. insert the message with ``ON CONFLICT (device_id, seq) DO NOTHING``: no row
-   inserted means a redelivery, ignored. The database decides, so two
-   workers racing on one redelivery cannot both store it, and neither aborts
-   its transaction on a unique violation (which on PostgreSQL would throw
-   away the whole batch);
-5. fold the message into the device summary (see ``_apply``).
+1. every message is checked: ``parse_topic`` (a ``desired`` message, our own,
+   is skipped), ``corral.payloads.decode``, and the payload's device id must
+   be the topic's;
+2. the batch's devices are locked in id order (``SELECT ... FOR UPDATE`` on
+   PostgreSQL, so two registries ingesting for one device fold their
+   messages into its summary one after the other and never deadlock on each
+   other's batches; on SQLite, which has no row locks, the database's one
+   write lock) and loaded in one query; a device must be enrolled and not
+   revoked;
+3. a seq that retention has already folded into its buckets and deleted
+   (``folded_ranges``, read after the locks, so retention cannot fold in
+   between) is a redelivery: ignored, like a seq twice in one batch and the
+   next case;
+4. the new messages go in one multi-row ``INSERT ... ON CONFLICT (device_id,
+   seq) DO NOTHING RETURNING``: a row not returned was stored before, a
+   redelivery, ignored. The database decides, so two workers racing on one
+   redelivery cannot both store it, and neither aborts its transaction on a
+   unique violation (which on PostgreSQL would throw away the whole batch);
+5. each stored message is folded, in arrival order, into its device's
+   summary (see ``_apply``), which is written once at the commit.
 
-A message that fails 1-3 is logged, counted and dropped (and acknowledged, so
+A message that fails 1-2 is logged, counted and dropped (and acknowledged, so
 the broker does not send it again); it never stops the worker. A batch whose
 commit fails is retried one message at a time so one poison message cannot
 hold back the rest.
@@ -31,14 +39,16 @@ own figure is kept too (``accuracy_window``).
 
 from __future__ import annotations
 
+import bisect
 import logging
 import queue
 import threading
 from collections import Counter
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Insert, select
+from sqlalchemy import Insert, false, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -50,9 +60,12 @@ from corral.topics import parse_topic
 from registry._time import as_utc, utcnow
 from registry.core.db import SessionFactory
 from registry.mqtt import IncomingMessage
-from registry.tables import Device, Event, Message
+from registry.tables import Device, Event, FoldedRange, Message
 
-__all__ = ["Ingest"]
+__all__ = ["Ingest", "lock_devices"]
+
+#: Per device, the (first, last) seq runs retention folded, sorted.
+_Folded = dict[str, list[tuple[int, int]]]
 
 logger = logging.getLogger(__name__)
 
@@ -128,8 +141,7 @@ class Ingest:
     def _store_batch(self, batch: list[IncomingMessage]) -> None:
         try:
             with self._sessions() as session:
-                _lock_devices(session, batch)
-                outcome = [self._store_one(session, m) for m in batch]
+                outcome = self._store(session, batch)
                 session.commit()
         except SQLAlchemyError:
             logger.exception("storing a batch of %d failed; retrying one by one", len(batch))
@@ -137,7 +149,7 @@ class Ingest:
             for message in batch:
                 try:
                     with self._sessions() as session:
-                        outcome.append(self._store_one(session, message))
+                        outcome += self._store(session, [message])
                         session.commit()
                 except SQLAlchemyError:
                     logger.exception("dropping message on %s after a database error", message.topic)
@@ -147,37 +159,81 @@ class Ingest:
         for message in batch:
             message.ack()
 
-    def _store_one(self, session: Session, incoming: IncomingMessage) -> str:
-        try:
-            payload = self._decode(incoming)
-        except _DropError as e:
-            logger.warning("dropped message on %s: %s", incoming.topic, e)
-            return e.counter
-        if payload is None:
-            return "skipped"
-        device = session.get(Device, payload.device_id, with_for_update=True)
-        if device is None:
-            logger.warning("dropped message from unenrolled device %s", payload.device_id)
-            return "dropped_unknown_device"
-        if device.revoked_at is not None:
-            logger.warning("dropped message from revoked device %s", payload.device_id)
-            return "dropped_revoked"
-        row = {
-            "device_id": payload.device_id,
-            "seq": payload.seq,
-            "kind": payload.kind,
-            "ts": payload.ts,
-            "received_at": utcnow(),
-            "payload": payload.to_dict(),
-        }
-        # RETURNING, not rowcount: psycopg reports -1 for an ORM-session insert.
-        inserted = session.scalar(_insert_new(session, row).returning(Message.id))
-        if inserted is None:
-            return "duplicates"
-        _apply(session, device, payload)
-        # Flush so a redelivery later in the same batch sees this row.
-        session.flush()
-        return "stored"
+    def _store(self, session: Session, batch: list[IncomingMessage]) -> list[str]:
+        """Store a batch in ``session``'s transaction; the outcome of each message, in order.
+
+        A handful of statements per batch, whatever its size: the devices are
+        locked and loaded once, the new messages go in one multi-row insert that
+        returns which were new, and each device's summary is written once, at
+        the commit, after every message of the batch was folded into it.
+        """
+        decoded: list[Payload | str] = []  # a payload, or why it goes no further
+        for incoming in batch:
+            try:
+                message = self._decode(incoming)
+            except _DropError as e:
+                logger.warning("dropped message on %s: %s", incoming.topic, e)
+                decoded.append(e.counter)
+                continue
+            decoded.append("skipped" if message is None else message)
+        ids = lock_devices(session, {p.device_id for p in decoded if not isinstance(p, str)})
+        devices = (
+            {d.id: d for d in session.scalars(select(Device).where(Device.id.in_(ids)))}
+            if ids
+            else {}
+        )
+        folded = _folded(session, ids)
+        now = utcnow()
+        outcome: list[str] = []
+        rows: list[dict[str, Any]] = []
+        candidates: dict[tuple[str, int], Payload] = {}
+        for item in decoded:
+            if isinstance(item, str):
+                outcome.append(item)
+                continue
+            payload = item
+            device = devices.get(payload.device_id)
+            key = (payload.device_id, payload.seq)
+            if device is None:
+                logger.warning("dropped message from unenrolled device %s", payload.device_id)
+                outcome.append("dropped_unknown_device")
+            elif device.revoked_at is not None:
+                logger.warning("dropped message from revoked device %s", payload.device_id)
+                outcome.append("dropped_revoked")
+            elif key in candidates or _in_runs(folded.get(payload.device_id, []), payload.seq):
+                # Twice in this batch, or folded by retention long ago: a redelivery.
+                outcome.append("duplicates")
+            else:
+                candidates[key] = payload
+                outcome.append("")  # decided by the insert, below
+                rows.append(
+                    {
+                        "device_id": payload.device_id,
+                        "seq": payload.seq,
+                        "kind": payload.kind,
+                        "ts": payload.ts,
+                        "received_at": now,
+                        "payload": payload.to_dict(),
+                    }
+                )
+        inserted: set[tuple[str, int]] = set()
+        if rows:
+            # RETURNING names the rows that were new: the others were stored before.
+            returned = session.execute(
+                _insert_new(session, rows).returning(Message.device_id, Message.seq)
+            )
+            inserted = {(device_id, seq) for device_id, seq in returned}
+        pending = iter(candidates.items())
+        for i, result in enumerate(outcome):
+            if result:
+                continue
+            key, new = next(pending)
+            if key in inserted:
+                _apply(session, devices[new.device_id], new)
+                outcome[i] = "stored"
+            else:
+                outcome[i] = "duplicates"
+        return outcome
 
     @staticmethod
     def _decode(incoming: IncomingMessage) -> Payload | None:
@@ -199,37 +255,75 @@ class Ingest:
         return payload
 
 
-def _lock_devices(session: Session, batch: list[IncomingMessage]) -> None:
-    """Lock the batch's device rows up front, in id order (PostgreSQL; a no-op on SQLite).
+def lock_devices(session: Session, device_ids: Iterable[str]) -> list[str]:
+    """Lock these devices for the rest of the session's transaction, as ingest does.
 
-    Two replicas whose batches name the same devices in different orders would
+    PostgreSQL: ``SELECT ... FOR UPDATE`` on their rows, in id order. Two
+    replicas whose batches name the same devices in different orders would
     otherwise each lock one and wait for the other's: a deadlock, which
     PostgreSQL breaks by aborting one batch (then retried one by one).
+    SQLite has no row locks: a write that changes nothing takes its one write
+    lock now, so nothing read from here on can change before the commit.
+    Retention (``registry.retention``) takes the same locks before it folds.
+
+    Args:
+        session: the session, before it has written anything.
+        device_ids: the devices.
+
+    Returns:
+        The ids, sorted.
+
+    Raises:
+        sqlalchemy.exc.SQLAlchemyError: the database failed (or, on SQLite, stayed
+            locked past its busy timeout).
     """
-    ids = set()
-    for message in batch:
-        try:
-            ids.add(parse_topic(message.topic)[0])
-        except PayloadError:
-            continue  # dropped later, with its reason
-    if ids:
-        query = select(Device.id).where(Device.id.in_(sorted(ids))).order_by(Device.id)
+    ids = sorted(set(device_ids))
+    if not ids:
+        return ids
+    if session.get_bind().dialect.name == "sqlite":
+        session.execute(
+            update(Device).where(false()).values(id=Device.id),
+            execution_options={"synchronize_session": False},
+        )
+    else:
+        query = select(Device.id).where(Device.id.in_(ids)).order_by(Device.id)
         session.execute(query.with_for_update())
+    return ids
 
 
-def _insert_new(session: Session, row: dict[str, Any]) -> Insert:
-    """``INSERT ... ON CONFLICT (device_id, seq) DO NOTHING`` in the session's dialect."""
+def _folded(session: Session, device_ids: list[str]) -> _Folded:
+    """The seq runs retention folded for these devices (a few rows each)."""
+    runs: _Folded = {}
+    if device_ids:
+        rows = session.execute(
+            select(FoldedRange.device_id, FoldedRange.first_seq, FoldedRange.last_seq)
+            .where(FoldedRange.device_id.in_(device_ids))
+            .order_by(FoldedRange.device_id, FoldedRange.first_seq)
+        )
+        for device_id, first, last in rows:
+            runs.setdefault(device_id, []).append((first, last))
+    return runs
+
+
+def _in_runs(runs: list[tuple[int, int]], seq: int) -> bool:
+    """Whether ``seq`` lies in one of the sorted, disjoint ``(first, last)`` runs."""
+    at = bisect.bisect_right(runs, seq, key=lambda run: run[0]) - 1
+    return at >= 0 and runs[at][0] <= seq <= runs[at][1]
+
+
+def _insert_new(session: Session, rows: list[dict[str, Any]]) -> Insert:
+    """``INSERT ... ON CONFLICT (device_id, seq) DO NOTHING`` of ``rows``, in this dialect."""
     name = session.get_bind().dialect.name
     if name == "postgresql":
         return (
             postgresql.insert(Message)
-            .values(row)
+            .values(rows)
             .on_conflict_do_nothing(index_elements=["device_id", "seq"])
         )
     if name == "sqlite":
         return (
             sqlite.insert(Message)
-            .values(row)
+            .values(rows)
             .on_conflict_do_nothing(index_elements=["device_id", "seq"])
         )
     raise NotImplementedError(f"ingest supports SQLite and PostgreSQL, not {name}")

@@ -27,6 +27,12 @@ message to one of the replicas in the group (they share one database, whose
 A shared subscription gets no retained messages (MQTT 5, 4.8.2);
 agents publish status with QoS 1 as well, so the registry misses none of them
 unless it was never subscribed.
+
+TLS: with ``tls`` (:class:`corral.tls.BrokerTls`, from ``CORRAL_MQTT_TLS`` and
+the ``CORRAL_MQTT_*_FILE`` settings) the bridge speaks TLS >= 1.2, verifies the
+broker's certificate and name, and shows a client certificate if configured.
+A connect that fails is retried like any other and explained once in the log
+and in :attr:`MqttBridge.last_error` (:class:`corral.tls.ConnectWatch`).
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from corral.tls import BrokerTls, ConnectWatch
 from corral.topics import ALL_AGENT_TOPICS
 
 __all__ = ["SESSION_EXPIRY_S", "IncomingMessage", "MqttBridge", "shared_topic"]
@@ -96,9 +103,11 @@ class MqttBridge:
             (MQTT 5); None for MQTT 3.1.1 and a plain subscription.
         username: the registry's broker account (``registry.broker``); None for none.
         password: its password.
+        tls: speak TLS to the broker with these settings; None for plain MQTT.
 
     Raises:
         ValueError: ``shared_group`` is not a valid share name.
+        TlsConfigError: the CA file, client certificate or key in ``tls`` is unusable.
     """
 
     def __init__(
@@ -113,11 +122,13 @@ class MqttBridge:
         password: str | None = None,
         protocol: str = "5",
         session_expiry_s: int = SESSION_EXPIRY_S,
+        tls: BrokerTls | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.connected = threading.Event()
         self._stopping = False
+        self._up = False  # CONNACK accepted, on paho's thread (``connected`` waits for the SUBACK)
         self._on_message = on_message
         self._subscription = ALL_AGENT_TOPICS
         self._connect_properties: Properties | None = None
@@ -145,11 +156,21 @@ class MqttBridge:
             self._connect_properties.SessionExpiryInterval = session_expiry_s
         if username is not None:
             self._client.username_pw_set(username, password)
+        self.tls = tls
+        if tls is not None:
+            self._client.tls_set_context(tls.context())
+        self._watch = ConnectWatch(logger, host, port, tls)
+        self._watch.attach(self._client)
         self._client.reconnect_delay_set(min_delay=1, max_delay=30)
         self._client.on_connect = self._handle_connect
         self._client.on_disconnect = self._handle_disconnect
         self._client.on_message = self._handle_message
         self._client.on_subscribe = self._handle_subscribe
+
+    @property
+    def last_error(self) -> str | None:
+        """Why the last connect attempt failed (what to do included); None once connected."""
+        return self._watch.last_error
 
     def start(self) -> None:
         """Connect in the background and start the network thread.
@@ -206,10 +227,17 @@ class MqttBridge:
         _properties: Any,
     ) -> None:
         if reason_code.is_failure:
-            logger.error("MQTT broker %s:%d refused us: %s", self.host, self.port, reason_code)
+            self._watch.refused(reason_code)
             return
+        self._watch.connected()
+        self._up = True
         client.subscribe(self._subscription, qos=1)
-        logger.info("connected to MQTT broker %s:%d", self.host, self.port)
+        logger.info(
+            "connected to MQTT broker %s:%d%s",
+            self.host,
+            self.port,
+            " over TLS" if self.tls else "",
+        )
 
     def _handle_subscribe(
         self,
@@ -242,9 +270,15 @@ class MqttBridge:
         reason_code: ReasonCode,
         _properties: Any,
     ) -> None:
+        was, self._up = self._up, False
         self.connected.clear()
-        if not self._stopping:
+        if self._stopping:
+            return
+        if was:
+            self._watch.disconnected()
             logger.warning("disconnected from MQTT broker (%s); reconnecting", reason_code)
+        else:
+            self._watch.dropped(reason_code)
 
     def _handle_message(self, client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
         mid, qos = msg.mid, msg.qos

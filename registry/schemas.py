@@ -5,6 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any
 
+from fastapi import Path
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -20,6 +21,8 @@ from registry.core.security import Role
 from registry.rollout.plan import RolloutPlan, Selector
 
 __all__ = [
+    "MAX_ID",
+    "PROBLEM_RESPONSES",
     "Alias",
     "AliasMoveOut",
     "AliasMoveRequest",
@@ -39,15 +42,29 @@ __all__ = [
     "EnrolmentTokenResponse",
     "EventOut",
     "ExperimentRequest",
+    "ModelAudit",
+    "ModelAuditAliases",
+    "ModelAuditApproval",
+    "ModelAuditBundle",
+    "ModelAuditDevice",
+    "ModelAuditEvent",
+    "ModelAuditEvents",
+    "ModelAuditFile",
+    "ModelAuditOrigin",
+    "ModelAuditRollout",
+    "ModelAuditShadow",
+    "ModelAuditStage",
     "ModelPushed",
     "ModelSummary",
     "MqttEndpoint",
+    "Problem",
     "RolloutDeviceOut",
     "RolloutLogOut",
     "RolloutNote",
     "RolloutOut",
     "RolloutRequest",
     "RolloutStageOut",
+    "RowId",
     "SeqStats",
     "ShadowRef",
     "ShadowRequest",
@@ -109,10 +126,17 @@ class EnrolRequest(BaseModel):
 
 
 class MqttEndpoint(BaseModel):
-    """Where the agent's MQTT connection goes."""
+    """Where the agent's MQTT connection goes, and how.
+
+    ``tls``: speak TLS to the broker. ``ca_pem``: the CA certificate(s) that vouch
+    for the broker (PEM), which the agent keeps as ``mqtt-ca.pem``; None with TLS
+    means the agent trusts its system's CAs.
+    """
 
     host: str
     port: int
+    tls: bool = False
+    ca_pem: str | None = None
 
 
 class EnrolResponse(BaseModel):
@@ -193,6 +217,8 @@ class Desired(BaseModel):
 
     model: str | None
     version: str | None
+    #: The file variant a rollout asked for; None leaves it to the device's profile.
+    variant: str | None = None
     shadow: ShadowRef | None = None
 
 
@@ -415,3 +441,217 @@ class AliasMoveOut(BaseModel):
     moved_at: str
     moved_by: str
     reason: str
+
+
+class Problem(BaseModel):
+    """An error answer, RFC 9457 problem details (``registry.api.errors`` writes them)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str
+
+
+def _problem(description: str) -> dict[str, Any]:
+    schema = Problem.model_json_schema()
+    return {"description": description, "content": {"application/problem+json": {"schema": schema}}}
+
+
+#: What any operation may answer besides its own success, for every router's
+#: ``responses``: so the OpenAPI document says what the error answers are (and
+#: FastAPI's default 422 schema, which is not what the registry sends, is left out).
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    "4XX": _problem(
+        "A problem: 403 not allowed, 404 absent, 409 conflict, 422 invalid input; "
+        "`detail` says what to do"
+    ),
+    503: _problem("A problem: the blob store or the signing keys are unavailable"),
+}
+
+
+#: The largest row id (or seq) a request may name: those columns are 32-bit INTEGER
+#: on PostgreSQL, where a larger number in a query is an error (on SQLite, past 64
+#: bits), not an absent row; so a larger one is invalid input (422), not a 500.
+MAX_ID = 2**31 - 1
+#: A row id in a path: ``/api/v1/rollouts/{rollout_id}`` and the like.
+RowId = Annotated[int, Path(ge=1, le=MAX_ID)]
+
+
+# -- The audit export of one model version (registry.modelcard builds it) --------------
+
+
+class ModelAuditFile(BaseModel):
+    """One file of the version, as stored and signed."""
+
+    name: str
+    sha256: str
+    length: int
+    variant: str
+
+
+class ModelAuditBundle(BaseModel):
+    """The version's bundle facts: when it was made and registered, and its signed bytes."""
+
+    name: str
+    version: str
+    #: When the trainer made it (bundle.json's ``created``).
+    created: str
+    registered_at: str
+    bundle_sha256: str
+    bundle_length: int
+    files: list[ModelAuditFile]
+    variants: list[str]
+    labels: list[str]
+    compatibility: dict[str, Any]
+
+
+class ModelAuditOrigin(BaseModel):
+    """Where it came from, read out of the lineage (which is also given whole)."""
+
+    dataset_version: str | None
+    dataset_manifest_sha256: str | None
+    code_commit: str | None
+    #: Whether the trainer's checkout had uncommitted changes (None: unknown).
+    code_dirty: bool | None
+    trainer_version: str | None
+    #: How many hyperparameter search trials it won against (0: no search).
+    search_trials: int
+    parent_name: str | None
+    parent_version: str | None
+    #: Whether the parent version is registered here.
+    parent_registered: bool
+
+
+class ModelAuditAliases(BaseModel):
+    """The aliases that point at this version now, and every move to or from it."""
+
+    current: list[AliasOut]
+    #: Oldest first.
+    moves: list[AliasMoveOut]
+
+
+class ModelAuditApproval(BaseModel):
+    """An approval recorded on a rollout of this version: a stage, or a staging sign-off."""
+
+    rollout_id: int
+    environment: str
+    #: The stage approved; None for a finished staging rollout's sign-off.
+    stage: int | None
+    at: str
+    actor: str
+    note: str
+    message: str
+
+
+class ModelAuditStage(BaseModel):
+    """One stage of a rollout and where its devices are."""
+
+    index: int
+    name: str
+    size: int | str
+    devices: int
+    #: Devices of the stage by their progress (``registry.tables.RolloutDevice``).
+    progress: dict[str, int]
+    #: The latest gate decision (pass, fail, wait), None before the first.
+    decision: str | None
+
+
+class ModelAuditRollout(BaseModel):
+    """A rollout of this version: who started it, how far it went, how it ended."""
+
+    id: int
+    environment: str
+    mode: str
+    experiment: str | None
+    #: running, waiting_approval, paused, rolling_back, succeeded, failed, aborted, superseded.
+    state: str
+    #: How a rollback ended it (failed: a gate; aborted: a person), else empty.
+    verdict: str
+    reason: str
+    created_at: str
+    created_by: str
+    updated_at: str | None
+    finished_at: str | None
+    #: The stage it reached (an index into ``stages``).
+    stage: int
+    devices: int
+    stages: list[ModelAuditStage]
+
+
+class ModelAuditShadow(BaseModel):
+    """A shadow trial of this version: it ran beside the current model, compared only."""
+
+    name: str
+    state: str
+    devices: list[str]
+    created_at: str
+    created_by: str
+    stopped_at: str | None
+    stopped_by: str | None
+
+
+class ModelAuditDevice(BaseModel):
+    """A device that ran this version: when reports named it, and what it runs now.
+
+    ``first_seen`` and ``last_seen`` are arrival times of its reports (status,
+    inference, accuracy) that named this version. Where retention has deleted
+    the raw reports, they come from its hourly buckets instead: the start of the
+    earliest and the end of the latest, bounds that hold every report, and
+    ``exact`` is false. Both are None for a device that reports this version in
+    its summary but has no stored report naming it.
+    """
+
+    device_id: str
+    first_seen: str | None
+    last_seen: str | None
+    exact: bool
+    #: Whether the device reports this version now.
+    runs_now: bool
+    model: str | None
+    version: str | None
+    state: str | None
+    desired_version: str | None
+    revoked: bool
+
+
+class ModelAuditEvent(BaseModel):
+    """A device event about this version: installed, rolled back (from or to it), failed."""
+
+    device_id: str
+    #: The device's own time of the event.
+    ts: str
+    event: str
+    message: str
+
+
+class ModelAuditEvents(BaseModel):
+    """Device events about this version: how many, and the newest of them, oldest first."""
+
+    total: int
+    items: list[ModelAuditEvent]
+
+
+class ModelAudit(BaseModel):
+    """Everything the registry knows about one model version, for an audit.
+
+    Where it came from (``bundle``, ``lineage`` as the trainer sent it, and
+    ``origin`` read out of it), how it scored (``metrics`` as sent), who moved
+    its aliases and approved it, every rollout and shadow trial of it, which
+    devices ran it and when, their events about it, and the audit-log entries
+    that name it. Lists are oldest first.
+    """
+
+    format: str
+    generated_at: str
+    bundle: ModelAuditBundle
+    lineage: dict[str, Any]
+    origin: ModelAuditOrigin
+    metrics: dict[str, Any]
+    aliases: ModelAuditAliases
+    approvals: list[ModelAuditApproval]
+    rollouts: list[ModelAuditRollout]
+    shadow_trials: list[ModelAuditShadow]
+    devices: list[ModelAuditDevice]
+    device_events: ModelAuditEvents
+    audit: list[AuditEntryOut]

@@ -4,6 +4,8 @@
 
     devices ─┬─< messages          every agent payload, unique on (device_id, seq)
              ├─< events            the events kind, for the console and audits
+             ├─< series_buckets    reports folded per device, kind and hour (registry.retention)
+             ├─< folded_ranges     the seqs folded so far, so a late redelivery stays a duplicate
              └─< rollout_devices >─ rollouts ─< rollout_log
     shadow_trials                  a candidate run beside the current model, compared only
     enrolment_tokens               sha256 of one-time tokens, never the tokens, and the
@@ -51,6 +53,7 @@ __all__ = [
     "Device",
     "EnrolmentToken",
     "Event",
+    "FoldedRange",
     "Message",
     "ModelAlias",
     "ModelFile",
@@ -59,6 +62,7 @@ __all__ = [
     "Rollout",
     "RolloutDevice",
     "RolloutLogEntry",
+    "SeriesBucket",
     "ShadowTrial",
     "Silence",
     "TufMetadata",
@@ -104,6 +108,8 @@ class Device(Base):
     desired_model: Mapped[str | None] = mapped_column(String(63))
     desired_version: Mapped[str | None] = mapped_column(String(64))
     desired_seq: Mapped[int] = mapped_column(Integer, default=0)
+    # The file variant a rollout asked for (int8, a TensorRT plan...); None: the agent's choice.
+    desired_variant: Mapped[str | None] = mapped_column(String(64))
     # A candidate to run beside the desired model and only compare (a shadow trial).
     shadow_model: Mapped[str | None] = mapped_column(String(63))
     shadow_version: Mapped[str | None] = mapped_column(String(64))
@@ -204,7 +210,8 @@ class Message(Base):
     seq: Mapped[int]
     kind: Mapped[str] = mapped_column(String(16))
     ts: Mapped[str] = mapped_column(String(40))
-    received_at: Mapped[datetime]
+    # Indexed: retention deletes by arrival age, alerts and rollout gates read recent arrivals.
+    received_at: Mapped[datetime] = mapped_column(index=True)
     payload: Mapped[dict[str, Any]]
 
 
@@ -220,6 +227,52 @@ class Event(Base):
     event: Mapped[str] = mapped_column(String(64))
     message: Mapped[str] = mapped_column(Text)
     data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class SeriesBucket(Base):
+    """The reports of one device, kind and model version in one time bucket (registry.retention).
+
+    ``figures`` holds the folded statistics (``registry.retention.Fold``): per
+    field its count, weighted total, weight and greatest value, summed class
+    counts and per-class counts, so buckets merge exactly. ``model`` and
+    ``version`` are empty for telemetry.
+    """
+
+    __tablename__ = "series_buckets"
+    __table_args__ = (
+        UniqueConstraint(
+            *("device_id", "kind", "start", "bucket_s", "model", "version"),
+            name="uq_series_buckets_key",
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"))
+    kind: Mapped[str] = mapped_column(String(16))
+    start: Mapped[datetime] = mapped_column(index=True)
+    bucket_s: Mapped[int]
+    model: Mapped[str] = mapped_column(String(63), default="")
+    version: Mapped[str] = mapped_column(String(64), default="")
+    #: How many reports were folded in, and the greatest seq among them.
+    reports: Mapped[int] = mapped_column(Integer, default=0)
+    last_seq: Mapped[int] = mapped_column(Integer, default=0)
+    figures: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class FoldedRange(Base):
+    """A run of a device's seqs (inclusive) that retention folded into buckets.
+
+    Ingest treats a seq inside a range as a redelivery, so a report whose raw
+    row was deleted is not stored, nor counted, twice.
+    """
+
+    __tablename__ = "folded_ranges"
+    __table_args__ = (UniqueConstraint("device_id", "first_seq"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"))
+    first_seq: Mapped[int]
+    last_seq: Mapped[int]
 
 
 class Rollout(Base):

@@ -18,8 +18,11 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from corral.errors import TlsConfigError
+from corral.tls import BrokerTls, check_ca_pem
 from registry.alerts.rules import AlertRules
 from registry.errors import ConfigError
+from registry.retention import RetentionPolicy
 
 if TYPE_CHECKING:
     from registry.governance import Policy
@@ -56,6 +59,18 @@ class Settings(BaseSettings):
     #: The registry's broker account (registry.broker); None connects anonymously.
     mqtt_username: str | None = None
     mqtt_password: SecretStr | None = None
+    #: Speak TLS (1.2 or newer) to the broker, e.g. on port 8883. Agents enrolled
+    #: from now on are told to do the same, and are handed ``mqtt_ca_file``.
+    mqtt_tls: bool = False
+    #: PEM bundle of the CA that signed the broker's certificate; None trusts the
+    #: system's CAs. Handed to agents at enrolment, so they trust the same broker.
+    mqtt_ca_file: Path | None = None
+    #: This registry's client certificate and key (PEM), for a broker that requires
+    #: one (Mosquitto ``require_certificate true``); the key may sit in the certificate file.
+    mqtt_cert_file: Path | None = None
+    mqtt_key_file: Path | None = None
+    #: Refuse a broker certificate that does not name ``mqtt_host``. Leave it on.
+    mqtt_tls_check_hostname: bool = True
     admin_token: SecretStr | None = None
     #: Local mode allows a generated admin token; turn off for shared deployments.
     local: bool = True
@@ -66,6 +81,9 @@ class Settings(BaseSettings):
     require_staging: bool = False
     #: Alert rules and their thresholds (registry.alerts), e.g. CORRAL_ALERTS__MIN_ACCURACY=0.9.
     alerts: AlertRules = Field(default_factory=AlertRules)
+    #: How long reports are kept (registry.retention): raw for days, per-bucket figures
+    #: for months, e.g. CORRAL_RETENTION__RAW_DAYS=14, CORRAL_RETENTION__AGGREGATE_DAYS=400.
+    retention: RetentionPolicy = Field(default_factory=RetentionPolicy)
     #: Governance policies (registry.governance.Policy), as JSON; or a TOML file of
     #: ``[[policy]]`` tables in ``policies_file``.
     policies: list[dict[str, Any]] = Field(default_factory=list)
@@ -82,6 +100,59 @@ class Settings(BaseSettings):
     s3_region: str | None = None
     #: Key prefix of the blobs in the bucket, so one bucket can hold several registries.
     s3_prefix: str = Field(default="blobs/", pattern=r"^([A-Za-z0-9._-]+/)*$")
+
+    def broker_tls(self) -> BrokerTls | None:
+        """The TLS settings of the bridge to the broker; None for plain MQTT.
+
+        Raises:
+            ConfigError: a CA, certificate or key file is set while ``mqtt_tls`` is off,
+                or a key without its certificate.
+        """
+        files = {
+            "CORRAL_MQTT_CA_FILE": self.mqtt_ca_file,
+            "CORRAL_MQTT_CERT_FILE": self.mqtt_cert_file,
+            "CORRAL_MQTT_KEY_FILE": self.mqtt_key_file,
+        }
+        if not self.mqtt_tls:
+            stray = [name for name, value in files.items() if value is not None]
+            if stray:
+                raise ConfigError(
+                    f"{', '.join(stray)} set but CORRAL_MQTT_TLS is off; set CORRAL_MQTT_TLS=true "
+                    "(and a TLS port, usually 8883) or unset them"
+                )
+            return None
+        try:
+            return BrokerTls(
+                ca_file=self.mqtt_ca_file,
+                cert_file=self.mqtt_cert_file,
+                key_file=self.mqtt_key_file,
+                check_hostname=self.mqtt_tls_check_hostname,
+            )
+        except TlsConfigError as e:
+            raise ConfigError(f"CORRAL_MQTT_KEY_FILE: {e}") from e
+
+    def broker_ca_pem(self) -> str | None:
+        """The broker's CA certificate(s) in PEM, as agents get them at enrolment.
+
+        Returns:
+            The text of ``mqtt_ca_file``; None without TLS or without a CA file
+            (agents then trust their system's CAs, as the registry does).
+
+        Raises:
+            ConfigError: the file cannot be read or holds no PEM certificate.
+        """
+        if not self.mqtt_tls or self.mqtt_ca_file is None:
+            return None
+        try:
+            pem = self.mqtt_ca_file.read_text()
+            check_ca_pem(pem, f"CORRAL_MQTT_CA_FILE {self.mqtt_ca_file}")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(
+                f"cannot read the broker's CA file {self.mqtt_ca_file} (CORRAL_MQTT_CA_FILE): {e}"
+            ) from e
+        except TlsConfigError as e:
+            raise ConfigError(str(e)) from e
+        return pem
 
     def load_policies(self) -> list[Policy]:
         """The policies in force: ``policies`` and those of ``policies_file``.

@@ -82,6 +82,7 @@ class RegistryContext:
             session_expiry_s=settings.mqtt_session_expiry_s,
             username=settings.mqtt_username,
             password=settings.mqtt_password.get_secret_value() if settings.mqtt_password else None,
+            tls=settings.broker_tls(),
         )
         rollouts = Rollouts(
             sessions,

@@ -46,6 +46,7 @@ from registry.tables import (
     Device,
     Event,
     Message,
+    ModelFile,
     ModelVersion,
     Rollout,
     RolloutDevice,
@@ -79,6 +80,7 @@ class Hint:
     model: str | None
     version: str | None
     shadow: tuple[str, str] | None = None
+    variant: str | None = None
 
     @classmethod
     def of(cls, device: Device) -> Hint:
@@ -87,7 +89,12 @@ class Hint:
         if device.shadow_model is not None and device.shadow_version is not None:
             shadow = (device.shadow_model, device.shadow_version)
         return cls(
-            device.id, device.desired_seq, device.desired_model, device.desired_version, shadow
+            device.id,
+            device.desired_seq,
+            device.desired_model,
+            device.desired_version,
+            shadow,
+            device.desired_variant,
         )
 
     def body(self) -> dict[str, Any]:
@@ -96,6 +103,7 @@ class Hint:
         return {
             "model": self.model,
             "version": self.version,
+            "variant": self.variant,
             "shadow": None if shadow is None else {"model": shadow[0], "version": shadow[1]},
         }
 
@@ -226,6 +234,17 @@ class Rollouts:
             raise NotFoundError(
                 f"no model {plan.model} {plan.version}; push it first (`corral model push`)"
             )
+        if plan.variant is not None:
+            variants = set(
+                session.scalars(
+                    select(ModelFile.variant).where(ModelFile.model_version_id == exists)
+                )
+            )
+            if plan.variant not in variants:
+                raise InvalidInputError(
+                    f"{plan.model} {plan.version} has no {plan.variant!r} variant (it has "
+                    f"{sorted(variants)}); push one, or leave the variant to the devices"
+                )
         if plan.environment == "production" and (plan.require_staging or self.require_staging):
             self._check_staged(session, plan)
         devices = select_devices(session, plan.selector)
@@ -531,17 +550,29 @@ class Rollouts:
             or 0
         )
         rd.moved_at = now
-        return self._set_desired(session, rd, rollout.model, rollout.version, "moving")
+        variant = (rollout.plan or {}).get("variant")
+        return self._set_desired(
+            session, rd, rollout.model, rollout.version, "moving", variant=variant
+        )
 
     @staticmethod
     def _set_desired(
-        session: Session, rd: RolloutDevice, model: str | None, version: str | None, state: str
+        session: Session,
+        rd: RolloutDevice,
+        model: str | None,
+        version: str | None,
+        state: str,
+        variant: str | None = None,
     ) -> Hint:
+        # A rollback leaves the variant to the device: the one it ran is not recorded.
         session.execute(
             update(Device)
             .where(Device.id == rd.device_id)
             .values(
-                desired_model=model, desired_version=version, desired_seq=Device.desired_seq + 1
+                desired_model=model,
+                desired_version=version,
+                desired_variant=variant,
+                desired_seq=Device.desired_seq + 1,
             )
             .execution_options(synchronize_session="fetch")
         )

@@ -151,7 +151,12 @@ class RolloutPlan(_Strict):
 
     model: Annotated[str, Field(min_length=1, max_length=63)]
     version: Annotated[str, Field(min_length=1, max_length=64)]
-    variant: str | None = Field(default=None, description="Reserved: which variant agents take.")
+    variant: str | None = Field(
+        default=None,
+        max_length=64,
+        description="The file variant devices install (fp32, int8, a TensorRT plan); none: each "
+        "device's firmware profile chooses.",
+    )
     selector: Selector = Field(default_factory=Selector)
     stages: list[Stage] = Field(default_factory=lambda: [Stage(name="all")], min_length=1)
     gates: GateRules = Field(default_factory=GateRules)

@@ -59,7 +59,9 @@ class FakeUpdater:
     def current(self) -> Slot | None:
         return self._current
 
-    def install(self, model: str, version: str, *, into: Slots | None = None) -> InstallResult:
+    def install(
+        self, model: str, version: str, *, into: Slots | None = None, variant: str | None = None
+    ) -> InstallResult:
         (self.calls if into is None else self.shadow_calls).append((model, version))
         if version in self.bad:
             raise SmokeTestError("smoke test: golden outputs differ by 3, more than 0.001")

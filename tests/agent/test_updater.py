@@ -374,6 +374,29 @@ def test_only_the_profiles_variant_is_fetched_from_a_multi_variant_bundle(
     assert not any("int8" in path for path, _ in repo.requests)
 
 
+def test_the_variant_a_rollout_asks_for_is_the_one_installed(
+    updater: Updater, repo: TufRepo, models: dict[str, bytes]
+) -> None:
+    same = models["1.2.0"]  # the same weights under another variant: its smoke test passes
+    bundle = make_bundle("tiny", "1.2.0", same)
+    digest = hashlib.sha256(same).hexdigest()
+    bundle.files.append(BundleFile("model-int8.onnx", digest, len(same), variant="int8"))
+    publish_bundle(repo, bundle, {MODEL_FILE: same, "model-int8.onnx": same})
+
+    with pytest.raises(UpdateError, match="asks for variant 'trt-a100'") as refused:
+        updater.install("tiny", "1.2.0", variant="trt-a100")
+    assert refused.value.reason == "incompatible" and updater.installed() is None
+
+    result = updater.install("tiny", "1.2.0", variant="int8")
+
+    assert result.variant == "int8"
+    assert sorted(p.name for p in result.slot.iterdir()) == [
+        "bundle.json",
+        "model-int8.onnx",
+        "slot.json",
+    ]
+
+
 def test_a_new_updater_recovers_from_a_crash_mid_install(
     updater: Updater, profile: FirmwareProfile
 ) -> None:

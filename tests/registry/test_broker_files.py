@@ -140,7 +140,9 @@ def test_broker_files_command_writes_the_files_and_says_who_was_left_out(
     assert f"left out, revoked: {r.id}" in result.output
     assert "kill -HUP" in result.output
     assert a.id in (out / "passwd").read_text()
-    assert f"acl_file {(out / 'acl').resolve()}" in (out / "corral.conf").read_text()
+    conf = (out / "corral.conf").read_text()
+    assert f"acl_file {(out / 'acl').resolve()}" in conf
+    assert "max_queued_messages 200000" in conf, "Mosquitto's 1,000 would drop acked reports"
 
     refused = CliRunner(env={**env, "CORRAL_MQTT_PASSWORD": None}).invoke(registry_cli, args)
     assert refused.exit_code == 2

@@ -94,7 +94,7 @@ def test_desired_is_readable_by_its_device_only(registry: Any) -> None:
         "/api/v1/devices/cam-1/desired", headers={"Authorization": f"Bearer {mine}"}
     )
     assert own.status_code == 200
-    assert own.json() == {"model": None, "version": None}
+    assert own.json() == {"model": None, "version": None, "variant": None, "shadow": None}
     theirs = registry.anon.get(
         "/api/v1/devices/cam-1/desired", headers={"Authorization": f"Bearer {other}"}
     )

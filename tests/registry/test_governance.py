@@ -93,7 +93,7 @@ def test_pin_previous_waits_for_approval_then_moves_the_device_back(registry: An
         done = _wait_action(registry, "done")
         assert done["result"]["version"] == "1.0.0"
         desired = registry.admin.get(f"/api/v1/devices/{device.id}/desired").json()
-        assert desired == {"model": "animals", "version": "1.0.0"}
+        assert desired == {"model": "animals", "version": "1.0.0", "variant": None, "shadow": None}
         again = registry.admin.post(f"/api/v1/actions/{pending['id']}/approve")
         assert again.status_code == 409
     finally:

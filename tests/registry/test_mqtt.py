@@ -62,31 +62,35 @@ def test_rollout_publishes_a_retained_desired_hint(registry: Any) -> None:
     assert created.status_code == 201, created.text
     assert created.json()["devices"][0]["desired_version"] == "2.0.0"
 
-    # Subscribe only after publishing: the hint must be retained.
-    got: list[mqtt.MQTTMessage] = []
-    arrived = threading.Event()
-    subscriber = _client()
+    # A subscriber that comes later gets the hint: the broker retained it. (The
+    # registry hands it to its MQTT connection before answering; the broker may see
+    # a new subscriber first, which then gets it live: such a one tries again.)
+    def retained_hint() -> mqtt.MQTTMessage | None:
+        got: list[mqtt.MQTTMessage] = []
+        arrived = threading.Event()
+        subscriber = _client()
+        subscriber.on_message = lambda _c, _u, msg: (got.append(msg), arrived.set())
+        subscriber.subscribe(topic(device, "desired"), qos=1)
+        try:
+            arrived.wait(2)
+        finally:
+            subscriber.loop_stop()
+            subscriber.disconnect()
+        return got[0] if got and got[0].retain else None
 
-    def on_message(_c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        got.append(msg)
-        arrived.set()
-
-    subscriber.on_message = on_message
-    subscriber.subscribe(topic(device, "desired"), qos=1)
-    try:
-        assert arrived.wait(10), "no retained desired hint arrived"
-        message = json.loads(got[0].payload)
-        assert got[0].retain
-        assert message["schema"] == "corral.desired/1"
-        assert (message["device_id"], message["seq"]) == (device, 1)
-        assert (message["model"], message["version"]) == ("animals", "2.0.0")
-    finally:
-        subscriber.publish(topic(device, "desired"), b"", qos=1, retain=True).wait_for_publish(5)
-        subscriber.loop_stop()
-        subscriber.disconnect()
+    hint = registry.wait_for(retained_hint, what="a retained desired hint")
+    message = json.loads(hint.payload)
+    assert message["schema"] == "corral.desired/1"
+    assert (message["device_id"], message["seq"]) == (device, 1)
+    assert (message["model"], message["version"]) == ("animals", "2.0.0")
+    assert message["shadow"] is None, "the hint carries the whole desired state"
+    cleaner = _client()
+    cleaner.publish(topic(device, "desired"), b"", qos=1, retain=True).wait_for_publish(5)
+    cleaner.loop_stop()
+    cleaner.disconnect()
 
     desired = registry.admin.get(f"/api/v1/devices/{device}/desired").json()
-    assert desired == {"model": "animals", "version": "2.0.0"}
+    assert desired == {"model": "animals", "version": "2.0.0", "variant": None, "shadow": None}
     rollout = registry.admin.get(f"/api/v1/rollouts/{created.json()['id']}").json()
     assert rollout["devices"][0]["reported_version"] is None
     assert registry.admin.get("/api/v1/rollouts").json()[0]["id"] == rollout["id"]
@@ -186,3 +190,31 @@ def test_accuracy_restarts_when_the_version_changes(registry: Any) -> None:
         client.disconnect()
     detail = registry.admin.get(f"/api/v1/devices/{device}").json()
     assert (detail["labelled"], detail["accuracy"]) == (10, 0.9)
+
+
+def test_a_rollout_can_choose_the_variant_devices_install(registry: Any) -> None:
+    import hashlib
+
+    from corral.bundle import Bundle, BundleFile
+
+    device = registry.unique_id()
+    registry.enrol(device)
+    raw, files = registry.make_bundle(version="3.0.0")
+    int8 = b"an int8 model " * 64
+    bundle = Bundle.from_bytes(raw)
+    bundle.files.append(
+        BundleFile("model-int8.onnx", hashlib.sha256(int8).hexdigest(), len(int8), variant="int8")
+    )
+    pushed = registry.push(bundle.to_bytes(), {**files, "model-int8.onnx": int8})
+    assert pushed.status_code == 201, pushed.text
+    body = {"model": "animals", "version": "3.0.0", "selector": {"devices": [device]}}
+
+    missing = registry.admin.post("/api/v1/rollouts", json={**body, "variant": "trt-a100"})
+    assert missing.status_code == 422
+    assert "no 'trt-a100' variant (it has ['fp32', 'int8'])" in missing.json()["detail"]
+    assert registry.admin.get(f"/api/v1/devices/{device}/desired").json()["version"] is None
+
+    created = registry.admin.post("/api/v1/rollouts", json={**body, "variant": "int8"})
+    assert created.status_code == 201, created.text
+    desired = registry.admin.get(f"/api/v1/devices/{device}/desired").json()
+    assert (desired["version"], desired["variant"]) == ("3.0.0", "int8")

@@ -65,6 +65,8 @@ def test_a_viewer_cannot_start_a_rollout_and_nothing_changes(registry: Any) -> N
         assert viewer.get("/api/v1/devices/cam-1/desired").json() == {
             "model": None,
             "version": None,
+            "variant": None,
+            "shadow": None,
         }
     after = registry.admin.get("/api/v1/audit").json()
     assert [e["action"] for e in after[: len(after) - len(before)]] == ["api_token.create"]

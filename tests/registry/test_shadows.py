@@ -90,6 +90,7 @@ def test_a_trial_sets_the_candidate_beside_the_desired_version_and_stops(registr
     assert desired == {
         "model": None,
         "version": None,
+        "variant": None,
         "shadow": {"model": "animals", "version": "2.0.0"},
     }
     assert registry.admin.get("/api/v1/devices/cam-3/desired").json()["shadow"] is None

@@ -14,11 +14,12 @@ from registry._time import iso, utcnow
 from registry.alerts import alert_out, drift
 from registry.api.deps import ContextDep, OperatorDep, SessionDep, ViewerDep
 from registry.errors import ConflictError, NotFoundError
+from registry.schemas import PROBLEM_RESPONSES, RowId
 from registry.tables import Alert, Device, ModelVersion, Silence
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/api/v1", tags=["alerts"])
+router = APIRouter(prefix="/api/v1", tags=["alerts"], responses=PROBLEM_RESPONSES)
 
 
 class AckRequest(BaseModel):
@@ -80,7 +81,7 @@ def list_alerts(
 
 @router.post("/alerts/{alert_id}/ack")
 def acknowledge_alert(
-    alert_id: int, body: AckRequest, operator: OperatorDep, session: SessionDep
+    alert_id: RowId, body: AckRequest, operator: OperatorDep, session: SessionDep
 ) -> dict[str, Any]:
     """Record that someone is on it (the alert keeps firing until its rule stops holding).
 
@@ -154,7 +155,7 @@ def create_silence(
 
 
 @router.delete("/silences/{silence_id}")
-def end_silence(silence_id: int, operator: OperatorDep, session: SessionDep) -> dict[str, Any]:
+def end_silence(silence_id: RowId, operator: OperatorDep, session: SessionDep) -> dict[str, Any]:
     """End a silence now.
 
     Raises:

@@ -22,12 +22,12 @@ from registry import audit
 from registry._time import iso, utcnow
 from registry.api.deps import OperatorDep, SessionDep, ViewerDep
 from registry.errors import NotFoundError
-from registry.schemas import Alias, AliasMoveOut, AliasMoveRequest, AliasOut
+from registry.schemas import PROBLEM_RESPONSES, Alias, AliasMoveOut, AliasMoveRequest, AliasOut
 from registry.tables import AliasMove, ModelAlias, ModelVersion
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/api/v1/models", tags=["aliases"])
+router = APIRouter(prefix="/api/v1/models", tags=["aliases"], responses=PROBLEM_RESPONSES)
 
 
 def _out(row: ModelAlias) -> AliasOut:

@@ -9,12 +9,12 @@ from sqlalchemy import select
 
 from registry._time import iso
 from registry.api.deps import AdminDep, SessionDep
-from registry.schemas import AuditEntryOut
+from registry.schemas import MAX_ID, PROBLEM_RESPONSES, AuditEntryOut
 from registry.tables import AuditEntry
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/api/v1/audit", tags=["audit"])
+router = APIRouter(prefix="/api/v1/audit", tags=["audit"], responses=PROBLEM_RESPONSES)
 
 
 @router.get("", response_model=list[AuditEntryOut])
@@ -22,7 +22,9 @@ def list_audit(
     _admin: AdminDep,
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    before: Annotated[int | None, Query(description="Only entries with a smaller id.")] = None,
+    before: Annotated[
+        int | None, Query(ge=1, le=MAX_ID, description="Only entries with a smaller id.")
+    ] = None,
     actor: str | None = None,
     action: str | None = None,
     target: str | None = None,

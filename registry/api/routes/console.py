@@ -69,6 +69,7 @@ from registry.api.deps import ContextDep, ViewerDep, identify
 from registry.core.context import RegistryContext
 from registry.core.security import Caller, Role
 from registry.errors import AuthError, NotFoundError
+from registry.schemas import PROBLEM_RESPONSES
 from registry.tables import (
     Alert,
     Device,
@@ -80,7 +81,7 @@ from registry.tables import (
 
 __all__ = ["ACTIVE_STATES", "STREAM_S", "ConsoleUser", "router"]
 
-router = APIRouter(tags=["console"])
+router = APIRouter(tags=["console"], responses=PROBLEM_RESPONSES)
 
 K = TypeVar("K", str, int)
 

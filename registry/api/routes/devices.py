@@ -21,6 +21,7 @@ from registry.api.deps import AdminDep, CallerDep, OperatorDep, SessionDep, View
 from registry.core.security import Role
 from registry.errors import AuthError, ConflictError, NotFoundError
 from registry.schemas import (
+    PROBLEM_RESPONSES,
     Desired,
     DeviceDetail,
     DeviceRevokeRequest,
@@ -34,7 +35,7 @@ from registry.tables import Device, Event, Message
 
 __all__ = ["router", "summary"]
 
-router = APIRouter(prefix="/api/v1/devices", tags=["devices"])
+router = APIRouter(prefix="/api/v1/devices", tags=["devices"], responses=PROBLEM_RESPONSES)
 
 _EVENTS = 50
 
@@ -147,7 +148,12 @@ def get_desired(device_id: str, caller: CallerDep, session: SessionDep) -> Desir
     shadow = None
     if device.shadow_model is not None and device.shadow_version is not None:
         shadow = ShadowRef(model=device.shadow_model, version=device.shadow_version)
-    return Desired(model=device.desired_model, version=device.desired_version, shadow=shadow)
+    return Desired(
+        model=device.desired_model,
+        version=device.desired_version,
+        variant=device.desired_variant,
+        shadow=shadow,
+    )
 
 
 @router.patch("/{device_id}", response_model=DeviceSummary)

@@ -15,10 +15,11 @@ from fastapi import APIRouter, HTTPException
 from fastapi.responses import FileResponse
 
 from registry.api.deps import ContextDep
+from registry.schemas import PROBLEM_RESPONSES
 
 __all__ = ["router"]
 
-router = APIRouter(tags=["downloads"])
+router = APIRouter(tags=["downloads"], responses=PROBLEM_RESPONSES)
 
 
 def _newest_wheel(directory: Path) -> Path | None:

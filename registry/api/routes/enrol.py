@@ -7,8 +7,10 @@ device is created with a fresh random token, of which again only the hash is
 kept, and its hash in Mosquitto's format for the broker's password file
 (``registry.broker``). The device starts with the site, group and tags the
 token was made with. The answer carries what the agent needs from then on:
-its token, the broker, and the TUF root it pins. Both steps are written to the audit log in
-their own transaction (the enrolment as ``device:<id>``).
+its token, the broker (with TLS, the broker's CA certificate, so nobody copies
+it onto the park computer by hand), and the TUF root it pins. Both steps are
+written to the audit log in their own transaction (the enrolment as
+``device:<id>``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from registry.api.deps import AdminDep, ContextDep, SessionDep, hash_token
 from registry.broker import hash_password
 from registry.errors import AuthError, ConflictError
 from registry.schemas import (
+    PROBLEM_RESPONSES,
     EnrolmentTokenRequest,
     EnrolmentTokenResponse,
     EnrolRequest,
@@ -36,7 +39,7 @@ from registry.tables import Device, EnrolmentToken
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/api/v1", tags=["enrolment"])
+router = APIRouter(prefix="/api/v1", tags=["enrolment"], responses=PROBLEM_RESPONSES)
 
 
 @router.post(
@@ -81,14 +84,28 @@ def create_enrolment_token(
     return EnrolmentTokenResponse(token=token, expires=iso(row.expires) or "")
 
 
-@router.post("/enrol", status_code=status.HTTP_201_CREATED, response_model=EnrolResponse)
+# Unset TLS fields are left out: the answer about a plain broker stays what it always was.
+@router.post(
+    "/enrol",
+    status_code=status.HTTP_201_CREATED,
+    response_model=EnrolResponse,
+    response_model_exclude_defaults=True,
+)
 def enrol(body: EnrolRequest, context: ContextDep, session: SessionDep) -> EnrolResponse:
     """Exchange an enrolment token for a device's credentials.
 
     Raises:
         AuthError: the token is unknown, used or expired.
         ConflictError: the device id is taken.
+        ConfigError: the broker's CA file cannot be read (checked before the token is spent).
     """
+    settings = context.settings
+    mqtt = MqttEndpoint(
+        host=settings.mqtt_host,
+        port=settings.mqtt_port,
+        tls=settings.mqtt_tls,
+        ca_pem=settings.broker_ca_pem(),
+    )
     now = utcnow()
     row = session.scalar(
         select(EnrolmentToken).where(EnrolmentToken.token_hash == hash_token(body.token))
@@ -146,11 +163,10 @@ def enrol(body: EnrolRequest, context: ContextDep, session: SessionDep) -> Enrol
     except IntegrityError as e:
         session.rollback()
         raise ConflictError(f"device id {body.device_id!r} is already enrolled") from e
-    settings = context.settings
     return EnrolResponse(
         device_id=body.device_id,
         device_token=device_token,
-        mqtt=MqttEndpoint(host=settings.mqtt_host, port=settings.mqtt_port),
+        mqtt=mqtt,
         tuf_root=context.tuf.root_dict(),
         metadata_url=settings.metadata_url,
         targets_url=settings.targets_url,

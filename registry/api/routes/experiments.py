@@ -8,11 +8,11 @@ from fastapi import APIRouter, status
 
 from registry import audit
 from registry.api.deps import ContextDep, OperatorDep, SessionDep, ViewerDep
-from registry.schemas import ExperimentRequest
+from registry.schemas import PROBLEM_RESPONSES, ExperimentRequest
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/api/v1/experiments", tags=["rollouts"])
+router = APIRouter(prefix="/api/v1/experiments", tags=["rollouts"], responses=PROBLEM_RESPONSES)
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)

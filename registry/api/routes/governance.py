@@ -9,11 +9,12 @@ from sqlalchemy import select
 
 from registry.api.deps import ContextDep, OperatorDep, SessionDep, ViewerDep
 from registry.governance import action_out
+from registry.schemas import PROBLEM_RESPONSES, RowId
 from registry.tables import PolicyAction
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/api/v1", tags=["governance"])
+router = APIRouter(prefix="/api/v1", tags=["governance"], responses=PROBLEM_RESPONSES)
 
 
 @router.get("/policies")
@@ -46,7 +47,7 @@ def list_actions(
 
 @router.post("/actions/{action_id}/approve")
 def approve_action(
-    action_id: int, operator: OperatorDep, context: ContextDep, session: SessionDep
+    action_id: RowId, operator: OperatorDep, context: ContextDep, session: SessionDep
 ) -> dict[str, Any]:
     """Let a pending action run.
 

@@ -53,11 +53,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from registry.api.deps import ContextDep, SessionDep, ViewerDep
+from registry.schemas import PROBLEM_RESPONSES
 from registry.tables import Device
 
 __all__ = ["LATENCY_BUCKETS_MS", "FleetCollector", "router"]
 
-router = APIRouter(tags=["metrics"])
+router = APIRouter(tags=["metrics"], responses=PROBLEM_RESPONSES)
 
 #: Upper bounds (ms) of the p95 latency histogram; +Inf is added.
 LATENCY_BUCKETS_MS = (1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0)

@@ -1,4 +1,4 @@
-"""Model versions: push (multipart), list, and read back the bundle.
+"""Model versions: push (multipart), list, read back the bundle, and audit one.
 
 A push, in order: parse bundle.json (``corral.Bundle``); refuse a name and
 version that exist (409: versions are immutable); match the uploaded parts to
@@ -8,6 +8,9 @@ mismatch); store bundle.json's bytes as uploaded; then sign one TUF target
 per file plus ``bundle.json`` and commit rows and metadata together. Blobs
 written for a push that is then refused stay in the store (content-addressed
 and harmless); a garbage collector is a later issue.
+
+``GET /{name}/{version}/audit`` is the version's audit document, built by
+``registry.modelcard`` (the console's model card reads it).
 """
 
 from __future__ import annotations
@@ -26,12 +29,13 @@ from registry import audit
 from registry._time import utcnow
 from registry.api.deps import ContextDep, OperatorDep, SessionDep, ViewerDep
 from registry.errors import ConflictError, InvalidInputError, NotFoundError
-from registry.schemas import ModelPushed, ModelSummary
+from registry.modelcard import model_audit
+from registry.schemas import PROBLEM_RESPONSES, ModelAudit, ModelPushed, ModelSummary
 from registry.tables import ModelFile, ModelVersion
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/api/v1/models", tags=["models"])
+router = APIRouter(prefix="/api/v1/models", tags=["models"], responses=PROBLEM_RESPONSES)
 
 _MAX_BUNDLE_JSON = 16 * 1024 * 1024
 
@@ -168,3 +172,16 @@ def get_model(name: str, version: str, _viewer: ViewerDep, session: SessionDep) 
     if row is None:
         raise NotFoundError(f"no model {name} {version}; `corral model list` shows what exists")
     return dict(row.bundle)
+
+
+@router.get("/{name}/{version}/audit", response_model=ModelAudit)
+def get_model_audit(name: str, version: str, _viewer: ViewerDep, session: SessionDep) -> ModelAudit:
+    """The audit document of one version (``registry.modelcard``): its bundle facts,
+    lineage and metrics, alias moves and approvals, rollouts, the devices that ran
+    it and when, and the audit-log entries that name it.
+
+    Raises:
+        AuthError: not a viewer.
+        NotFoundError: no such version.
+    """
+    return model_audit(session, name, version)

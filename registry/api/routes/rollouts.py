@@ -19,18 +19,20 @@ from registry.api.deps import ContextDep, OperatorDep, SessionDep, ViewerDep
 from registry.errors import NotFoundError
 from registry.rollout import RolloutPlan
 from registry.schemas import (
+    PROBLEM_RESPONSES,
     RolloutDeviceOut,
     RolloutLogOut,
     RolloutNote,
     RolloutOut,
     RolloutRequest,
     RolloutStageOut,
+    RowId,
 )
 from registry.tables import Rollout
 
 __all__ = ["rollout_out", "router"]
 
-router = APIRouter(prefix="/api/v1/rollouts", tags=["rollouts"])
+router = APIRouter(prefix="/api/v1/rollouts", tags=["rollouts"], responses=PROBLEM_RESPONSES)
 
 _FAILED = ("failed", "timeout", "stuck")
 
@@ -146,7 +148,7 @@ def list_rollouts(_viewer: ViewerDep, session: SessionDep) -> list[RolloutOut]:
 
 
 @router.get("/{rollout_id}", response_model=RolloutOut)
-def get_rollout(rollout_id: int, _viewer: ViewerDep, session: SessionDep) -> RolloutOut:
+def get_rollout(rollout_id: RowId, _viewer: ViewerDep, session: SessionDep) -> RolloutOut:
     """One rollout with its stages, gate numbers, devices and decision log.
 
     Raises:
@@ -170,7 +172,7 @@ class RolloutAction(StrEnum):
 
 @router.post("/{rollout_id}/{action}", response_model=RolloutOut)
 def act_on_rollout(
-    rollout_id: int,
+    rollout_id: RowId,
     action: RolloutAction,
     body: RolloutNote,
     operator: OperatorDep,

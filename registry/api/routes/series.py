@@ -1,8 +1,22 @@
-"""Recent time series of a device, and fleet sparklines, for the console's charts.
+"""Time series of a device, and fleet sparklines, for the console's charts.
 
-Both read the stored ``messages`` table (every agent payload as received),
-never a second copy. Each request is bounded twice, so one curious click on a
-device with months of history costs no more than one with an hour:
+A series comes as reported (raw) or in buckets. ``registry.retention`` folds
+every report into per-device buckets of ``CORRAL_RETENTION__BUCKET_S`` and
+deletes raw reports after ``CORRAL_RETENTION__RAW_DAYS``; buckets answer when
+``bucket_s`` is asked for, or when ``since`` reaches back past that raw
+horizon, so a chart over months reads at most a few thousand bucket rows.
+Points are then as wide as asked, widened until at most ``limit`` of them
+cover the window, to a multiple of the stored width that divides a day, or to
+whole days. A point's time is its bucket's start, its ``seq`` the newest
+report folded into it, its value the bucket's figure
+(``registry.retention.RULES``: a mean; fps as frames over seconds; accuracy
+as correct over labelled; p95 and p99 the worst window's) and ``peaks`` the
+greatest value behind it. Reports that arrived since the job's last run
+(``CORRAL_RETENTION__INTERVAL_S``) are not in buckets yet.
+
+Raw answers read the stored ``messages`` table (every agent payload as
+received). Each is bounded twice, so one curious click on a device with days
+of history costs no more than one with an hour:
 
 1. at most ``limit`` points are returned (2,000 at most);
 2. at most ``limit * SCAN_FACTOR`` of the device's newest messages, of every
@@ -14,7 +28,8 @@ device with months of history costs no more than one with an hour:
 
 Points come back in columns, oldest first, with times in epoch seconds (what
 uPlot, the console's chart library, draws): ``ts``, ``seq``, ``versions``
-(the model version each point was measured on; null for telemetry) and
+(the model version each point was measured on; null for telemetry, or a
+bucket that spans versions), ``reports`` (1 for a raw point) and
 ``values[field]``, one list per numeric field of the kind (null where a
 payload did not carry it):
 
@@ -31,8 +46,8 @@ telemetry     cpu_percent, memory_percent, disk_percent, gpu_temp_c (hottest),
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from datetime import datetime
+import math
+from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
@@ -40,13 +55,16 @@ from pydantic import BaseModel
 from sqlalchemy import Subquery, func, select
 from sqlalchemy.orm import Session
 
-from registry._time import as_utc
-from registry.api.deps import SessionDep, ViewerDep
+from registry._time import as_utc, utcnow
+from registry.api.deps import ContextDep, SessionDep, ViewerDep
 from registry.errors import InvalidInputError, NotFoundError
+from registry.retention import FIELDS, figures, read_buckets
+from registry.schemas import MAX_ID, PROBLEM_RESPONSES
 from registry.tables import Device, Message
 
 __all__ = [
     "FIELDS",
+    "MAX_BUCKET_S",
     "MAX_POINTS",
     "SCAN_FACTOR",
     "Series",
@@ -54,101 +72,39 @@ __all__ = [
     "router",
 ]
 
-router = APIRouter(prefix="/api/v1", tags=["series"])
+router = APIRouter(prefix="/api/v1", tags=["series"], responses=PROBLEM_RESPONSES)
 
 #: The most points one series answer carries.
 MAX_POINTS = 2000
 #: How many of a device's newest messages (all kinds) are examined per point asked for.
 SCAN_FACTOR = 8
+#: The widest point a bucketed answer may be asked for: 31 days.
+MAX_BUCKET_S = 31 * 86400
 #: The most devices one sparkline request may name (a page of the fleet table).
 MAX_SPARKLINE_DEVICES = 200
 
 Kind = Literal["inference", "accuracy", "telemetry"]
 
 
-def _num(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value)
-
-
-def _gpus(body: dict[str, Any]) -> list[dict[str, Any]]:
-    gpus = body.get("gpus")
-    return [g for g in gpus if isinstance(g, dict)] if isinstance(gpus, list) else []
-
-
-def _most(values: Sequence[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return max(present) if present else None
-
-
-def _gpu_memory_percent(gpu: dict[str, Any]) -> float | None:
-    used, total = _num(gpu.get("memory_used_mb")), _num(gpu.get("memory_total_mb"))
-    return 100.0 * used / total if used is not None and total else None
-
-
-def _telemetry(body: dict[str, Any]) -> dict[str, float | None]:
-    gpus = _gpus(body)
-    power = [p for g in gpus if (p := _num(g.get("power_w"))) is not None]
-    return {
-        "cpu_percent": _num(body.get("cpu_percent")),
-        "memory_percent": _num(body.get("memory_percent")),
-        "disk_percent": _num(body.get("disk_percent")),
-        "gpu_temp_c": _most([_num(g.get("temp_c")) for g in gpus]),
-        "gpu_util_percent": _most([_num(g.get("util_percent")) for g in gpus]),
-        "gpu_memory_percent": _most([_gpu_memory_percent(g) for g in gpus]),
-        "gpu_power_w": sum(power) if power else None,
-        "throttled": (1.0 if any(g.get("throttle_reasons") for g in gpus) else 0.0)
-        if gpus
-        else None,
-    }
-
-
-def _inference(body: dict[str, Any]) -> dict[str, float | None]:
-    latency = body.get("latency_ms")
-    latency = latency if isinstance(latency, dict) else {}
-    return {
-        "fps": _num(body.get("fps")),
-        "p50_ms": _num(latency.get("p50")),
-        "p95_ms": _num(latency.get("p95")),
-        "p99_ms": _num(latency.get("p99")),
-        "frames": _num(body.get("frames")),
-        "drops": _num(body.get("drops")),
-        "errors": _num(body.get("errors")),
-        "queue_depth": _num(body.get("queue_depth")),
-    }
-
-
-def _accuracy(body: dict[str, Any]) -> dict[str, float | None]:
-    return {
-        "accuracy": _num(body.get("accuracy")),
-        "labelled": _num(body.get("labelled")),
-        "correct": _num(body.get("correct")),
-    }
-
-
-_EXTRACT: dict[str, Callable[[dict[str, Any]], dict[str, float | None]]] = {
-    "inference": _inference,
-    "accuracy": _accuracy,
-    "telemetry": _telemetry,
-}
-
-#: The numeric fields of each kind, in the order the columns come back.
-FIELDS: dict[str, list[str]] = {kind: list(f({})) for kind, f in _EXTRACT.items()}
-
-
 class Series(BaseModel):
-    """A device's recent points of one kind, in columns, oldest first."""
+    """A device's points of one kind, in columns, oldest first."""
 
     device_id: str
     kind: str
     fields: list[str]
-    #: Payload times, epoch seconds.
+    #: Payload times (bucket starts), epoch seconds.
     ts: list[float]
+    #: The point's seq (a bucket's newest), for ``after_seq``.
     seq: list[int]
     #: The model version each point was measured on (null for telemetry).
     versions: list[str | None]
     values: dict[str, list[float | None]]
+    #: Null: points as reported. Else the width of every point, in seconds.
+    bucket_s: int | None = None
+    #: How many reports are behind each point.
+    reports: list[int]
+    #: Buckets only: the greatest value behind each point, per field.
+    peaks: dict[str, list[float | None]] = {}
     #: The limit or the scan cap ended the read before ``since``: older points may
     #: exist that were not read (ask with a later ``since`` or a larger ``limit``).
     truncated: bool
@@ -204,16 +160,22 @@ def device_series(
     device_id: str,
     _viewer: ViewerDep,
     session: SessionDep,
+    context: ContextDep,
     kind: Kind = "inference",
     since: Annotated[
         datetime | None, Query(description="Only points at or after this time (ISO 8601).")
     ] = None,
     after_seq: Annotated[
-        int | None, Query(ge=0, description="Only points after this seq (live updates).")
+        int | None,
+        Query(ge=0, le=MAX_ID, description="Only points after this seq (live updates)."),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_POINTS)] = 600,
+    bucket_s: Annotated[
+        int | None,
+        Query(ge=1, le=MAX_BUCKET_S, description="Answer in buckets at least this wide."),
+    ] = None,
 ) -> Series:
-    """A device's recent ``inference``, ``accuracy`` or ``telemetry`` points (module docstring).
+    """A device's ``inference``, ``accuracy`` or ``telemetry`` points (module docstring).
 
     Raises:
         AuthError: not a viewer.
@@ -221,10 +183,73 @@ def device_series(
     """
     if session.get(Device, device_id) is None:
         raise NotFoundError(f"no device {device_id!r}; `corral devices` lists enrolled devices")
+    policy = context.settings.retention
+    now = utcnow()
+    horizon = now - timedelta(days=policy.raw_days)
+    if after_seq is None and (
+        bucket_s is not None or (since is not None and as_utc(since) < horizon)
+    ):
+        return _bucketed(session, device_id, kind, since, now, limit, bucket_s, policy.bucket_s)
+    return _raw(session, device_id, kind, since, after_seq, limit)
+
+
+def _bucketed(
+    session: Session,
+    device_id: str,
+    kind: str,
+    since: datetime | None,
+    now: datetime,
+    limit: int,
+    asked_s: int | None,
+    stored_s: int,
+) -> Series:
+    """The series in points of whole stored buckets, at most ``limit`` of them."""
+    wanted = asked_s or stored_s
+    if since is not None:
+        wanted = max(wanted, math.ceil((now - as_utc(since)).total_seconds() / limit))
+    width = _width(wanted, stored_s)
+    points = read_buckets(session, device_id, kind, since, width)
+    truncated = len(points) > limit
+    points = points[-limit:]
+    fields = FIELDS[kind]
+    return Series(
+        device_id=device_id,
+        kind=kind,
+        fields=fields,
+        ts=[p.start.timestamp() for p in points],
+        seq=[p.last_seq for p in points],
+        versions=[p.version for p in points],
+        values={f: [p.values[f] for p in points] for f in fields},
+        bucket_s=width,
+        reports=[p.reports for p in points],
+        peaks={f: [p.peaks[f] for p in points] for f in fields},
+        truncated=truncated,
+    )
+
+
+def _width(wanted: int, stored_s: int) -> int:
+    """The narrowest width of at least ``wanted`` that keeps points aligned to days.
+
+    Within a day: a multiple of the stored width that divides a day (the stored
+    width does); beyond: whole days.
+    """
+    if wanted > 86400:
+        return math.ceil(wanted / 86400) * 86400
+    return next(w for w in range(stored_s, 86400 + 1, stored_s) if w >= wanted and 86400 % w == 0)
+
+
+def _raw(
+    session: Session,
+    device_id: str,
+    kind: str,
+    since: datetime | None,
+    after_seq: int | None,
+    limit: int,
+) -> Series:
+    """The series as reported: the newest ``limit`` points within the scan cap."""
     rows = _recent(session, device_id, kind, limit, after_seq)
     capped = len(rows) < limit and _capped(session, device_id, limit, after_seq)
     cutoff = as_utc(since).timestamp() if since is not None else None
-    extract = _EXTRACT[kind]
     fields = FIELDS[kind]
     ts: list[float] = []
     seqs: list[int] = []
@@ -242,7 +267,7 @@ def device_series(
         seqs.append(seq)
         version = payload.get("version")
         versions.append(version if isinstance(version, str) else None)
-        for name, value in extract(payload).items():
+        for name, value in figures(kind, payload).items():
             values[name].append(value)
     return Series(
         device_id=device_id,
@@ -252,6 +277,7 @@ def device_series(
         seq=seqs,
         versions=versions,
         values=values,
+        reports=[1] * len(ts),
         truncated=(len(rows) == limit or capped) and not reached_since,
     )
 
@@ -281,7 +307,7 @@ def sparklines(
     answer: dict[str, dict[str, list[float | None]]] = {}
     for device_id in sorted(known):
         rows = _recent(session, device_id, "inference", points)
-        ordered = [_inference(payload) for _, _, payload in reversed(rows)]
+        ordered = [figures("inference", payload) for _, _, payload in reversed(rows)]
         answer[device_id] = {
             "fps": [p["fps"] for p in ordered],
             "p95_ms": [p["p95_ms"] for p in ordered],

@@ -9,11 +9,11 @@ from fastapi import APIRouter, status
 from registry import audit
 from registry.api.deps import ContextDep, OperatorDep, SessionDep, ViewerDep
 from registry.rollout import shadow
-from registry.schemas import ShadowRequest
+from registry.schemas import PROBLEM_RESPONSES, ShadowRequest
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/api/v1/shadows", tags=["rollouts"])
+router = APIRouter(prefix="/api/v1/shadows", tags=["rollouts"], responses=PROBLEM_RESPONSES)
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)

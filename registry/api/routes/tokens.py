@@ -18,12 +18,12 @@ from registry._time import iso, utcnow
 from registry.api.deps import AdminDep, SessionDep
 from registry.core.security import ADMIN_NAME, Role, hash_token, new_token
 from registry.errors import ConflictError, NotFoundError
-from registry.schemas import ApiTokenCreated, ApiTokenOut, ApiTokenRequest
+from registry.schemas import PROBLEM_RESPONSES, ApiTokenCreated, ApiTokenOut, ApiTokenRequest
 from registry.tables import ApiToken
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/api/v1/tokens", tags=["tokens"])
+router = APIRouter(prefix="/api/v1/tokens", tags=["tokens"], responses=PROBLEM_RESPONSES)
 
 
 def _out(row: ApiToken) -> ApiTokenOut:

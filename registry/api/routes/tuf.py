@@ -6,8 +6,11 @@ secret). Targets are served by the SHA-256 in their consistent-snapshot name
 (local or S3), as they are stored: the agent's TUF client checks length and
 hash and refuses a tampered blob. Targets need a token: a device may download
 only the version it is assigned (its desired version, which is also where a
-rollback sends it, or the candidate of its shadow trial) or the one it runs;
-people and CI need the viewer role.
+rollback sends it, or the candidate of its shadow trial) or the one it runs,
+if a rollout once assigned it that one (what a device reports running is its
+own say-so); and only that version's files, by their own digests (the digest
+in the name picks the blob, so a device must not fetch another version's blob
+under a path it may use). People and CI need the viewer role.
 
 Targets are streamed from the blob store and resumable (RFC 9110):
 
@@ -33,17 +36,20 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import Response, StreamingResponse
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from corral.bundle import BUNDLE_FILE
 from corral.signedtime import NONCE_PATTERN
 from registry.api.deps import CallerDep, ContextDep, SessionDep
 from registry.core.security import Caller, Role
 from registry.errors import AuthError, NotFoundError
-from registry.tables import Device
+from registry.schemas import PROBLEM_RESPONSES
+from registry.tables import Device, ModelVersion, Rollout, RolloutDevice
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/tuf", tags=["tuf"])
+router = APIRouter(prefix="/tuf", tags=["tuf"], responses=PROBLEM_RESPONSES)
 
 _VERSIONED = re.compile(r"^([1-9][0-9]{0,9})\.(root|targets|snapshot)\.json$")
 _UNVERSIONED = re.compile(r"^(root|timestamp)\.json$")
@@ -125,6 +131,35 @@ class _RangeNotSatisfiableError(Exception):
     """The requested range lies outside the file."""
 
 
+def _was_assigned(session: Session, device_id: str, model: str, version: str) -> bool:
+    """Whether a rollout ever moved ``device_id`` to ``model`` ``version``."""
+    moved = (
+        select(RolloutDevice.id)
+        .join(Rollout, Rollout.id == RolloutDevice.rollout_id)
+        .where(
+            RolloutDevice.device_id == device_id,
+            RolloutDevice.moved_at.is_not(None),
+            Rollout.model == model,
+            Rollout.version == version,
+        )
+        .limit(1)
+    )
+    return session.scalar(moved) is not None
+
+
+def _is_file_of(session: Session, model: str, version: str, leaf: str) -> bool:
+    """Whether ``leaf`` (``<sha256>.<file>``) is a file of ``model`` ``version`` by its digest."""
+    digest, _, name = leaf.partition(".")
+    row = session.scalar(
+        select(ModelVersion).where(ModelVersion.name == model, ModelVersion.version == version)
+    )
+    if row is None:
+        return False
+    if name == BUNDLE_FILE:
+        return digest == row.bundle_sha256
+    return any(f.name == name and f.sha256 == digest for f in row.files)
+
+
 def _check_assigned(caller: Caller, session: Session, path: str) -> None:
     if caller.device_id is None:
         if not caller.allows(Role.VIEWER):
@@ -135,14 +170,23 @@ def _check_assigned(caller: Caller, session: Session, path: str) -> None:
     if len(parts) != 4 or parts[0] != "models" or device is None:
         raise AuthError(f"device {caller.device_id} may download only model files")
     wanted = (parts[1], parts[2])
-    if wanted not in {
+    # What a device reports running comes from its own status messages: it counts
+    # only if a rollout once moved the device there, or a device could name any
+    # version as "running" over MQTT and then download it.
+    runs = wanted == (device.model, device.version) and _was_assigned(session, device.id, *wanted)
+    assigned = {
         (device.desired_model, device.desired_version),
-        (device.model, device.version),
         (device.shadow_model, device.shadow_version),  # a shadow trial's candidate
-    }:
+    }
+    if wanted not in assigned and not runs:
         raise AuthError(
             f"device {device.id} is not assigned {wanted[0]} {wanted[1]} (it should run "
             f"{device.desired_model} {device.desired_version}); a rollout assigns versions"
+        )
+    if not _is_file_of(session, wanted[0], wanted[1], parts[3]):
+        raise AuthError(
+            f"device {device.id} may download only the files of {wanted[0]} {wanted[1]}, by "
+            f"the digests its signed targets give; {parts[3][:76]!r} is not one of them"
         )
 
 

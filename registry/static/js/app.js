@@ -1,7 +1,8 @@
 // The console's shell: sign-in, the live stream, and routing by the URL fragment.
 //
 //   #/                 fleet overview        #/models            model versions
-//   #/devices/ID       one device            #/rollouts          every rollout
+//   #/devices/ID       one device            #/models/NAME/VER   one version's model card
+//                                            #/rollouts          every rollout
 //   #/alerts           alerts, silences,     #/rollouts/ID       one rollout
 //                      governance actions
 //
@@ -16,6 +17,7 @@ import { Live, Store } from "./live.js";
 import * as fleet from "./fleet.js";
 import * as device from "./device.js";
 import * as models from "./models.js";
+import * as modelcard from "./modelcard.js";
 import * as rollouts from "./rollouts.js";
 import * as alerts from "./alerts.js";
 
@@ -26,6 +28,7 @@ const routes = [
   [/^#?\/?$/, fleet, "fleet"],
   [/^#\/devices\/([^/]+)$/, device, "fleet"],
   [/^#\/models$/, models, "models"],
+  [/^#\/models\/([^/]+)\/([^/]+)$/, modelcard, "models"],
   [/^#\/rollouts$/, rollouts.list, "rollouts"],
   [/^#\/rollouts\/(\d+)$/, rollouts.detail, "rollouts"],
   [/^#\/alerts$/, alerts, "alerts"],

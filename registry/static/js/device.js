@@ -2,8 +2,11 @@
 // over a time window, its quality as the alert rules see it, its installs and its
 // events. Charts load the window once (GET /api/v1/devices/ID/series) and then,
 // whenever the stream says the device reported, fetch only the points after the
-// last seq they hold. The quality panel (GET /api/v1/devices/ID/quality) covers
-// the rules' own window and reloads at most every QUALITY_EVERY_MS.
+// last seq they hold. Windows longer than the registry keeps raw reports come
+// back in buckets (one point per hour or more: see registry.retention); those
+// charts reload at most every BUCKETS_EVERY_MS instead of following each report.
+// The quality panel (GET /api/v1/devices/ID/quality) covers the rules' own
+// window and reloads at most every QUALITY_EVERY_MS.
 "use strict";
 
 import { timeChart } from "./charts.js";
@@ -11,10 +14,14 @@ import {
   DASH, ago, badge, deviceStatus, fixed, h, percent, text, updating, when,
 } from "./util.js";
 
-const WINDOWS = [["15 min", 900], ["1 h", 3600], ["6 h", 21600], ["24 h", 86400]];
+const WINDOWS = [
+  ["15 min", 900], ["1 h", 3600], ["6 h", 21600], ["24 h", 86400],
+  ["7 d", 7 * 86400], ["30 d", 30 * 86400], ["90 d", 90 * 86400], ["1 y", 365 * 86400],
+];
 const LIMIT = 2000;
 const DETAIL_EVERY_MS = 5000;
 const QUALITY_EVERY_MS = 10000;
+const BUCKETS_EVERY_MS = 60000;
 const DRIFT_TESTS = {
   chi2_classes: "classes, chi-square",
   ks_confidence: "confidence, Kolmogorov-Smirnov",
@@ -59,9 +66,10 @@ export function mount(root, session, id) {
   let alive = true;
   let lastDetail = 0;
   let lastQuality = 0;
+  let lastLoad = 0;
   let pulling = false;
   let again = false;
-  const data = {}; // kind -> {ts, seq, values}
+  const data = {}; // kind -> {ts, seq, values, bucketS}
   const charts = {};
 
   const statusEl = h("span", { id: "device-status" });
@@ -230,22 +238,35 @@ export function mount(root, session, id) {
     for (const column of Object.values(series.values)) column.splice(0, drop);
   }
 
+  function hours(seconds) {
+    return seconds % 86400 ? `${seconds / 3600}-hour` : `${seconds / 86400}-day`;
+  }
+
   async function loadAll() {
+    lastLoad = Date.now();
     const since = new Date(Date.now() - windowS * 1000).toISOString();
     const answers = await Promise.all(Object.keys(CHARTS).map(kind =>
       api.get(`/api/v1/devices/${encodeURIComponent(id)}/series?kind=${kind}&since=${since}&limit=${LIMIT}`)
         .catch(() => null)));
     if (!alive) return;
     const cut = [];
+    let bucketS = null;
     Object.keys(CHARTS).forEach((kind, i) => {
       const answer = answers[i] || { ts: [], seq: [], values: Object.fromEntries(CHARTS[kind].series.map(s => [s.field, []])), truncated: false };
-      data[kind] = { ts: answer.ts, seq: answer.seq, values: answer.values };
+      data[kind] = { ts: answer.ts, seq: answer.seq, values: answer.values, bucketS: answer.bucket_s || null };
       if (answer.truncated) cut.push(kind);
+      if (answer.bucket_s) bucketS = answer.bucket_s;
       draw(kind);
     });
-    note.textContent = cut.length
-      ? `The ${cut.join(" and ")} chart${cut.length > 1 ? "s show" : " shows"} the newest ${LIMIT} points of the window.`
-      : "";
+    const notes = [];
+    if (bucketS) {
+      notes.push(`Each point is a ${hours(bucketS)} figure: mean fps and accuracy over it, `
+        + "the worst window's p95, mean hardware readings; raw reports are kept for days only.");
+    }
+    if (cut.length) {
+      notes.push(`The ${cut.join(" and ")} chart${cut.length > 1 ? "s show" : " shows"} the newest ${LIMIT} points of the window.`);
+    }
+    note.textContent = notes.join(" ");
   }
 
   async function pull() {
@@ -255,7 +276,7 @@ export function mount(root, session, id) {
     try {
       for (const kind of Object.keys(CHARTS)) {
         const series = data[kind];
-        if (!series) continue;
+        if (!series || series.bucketS) continue; // buckets reload as a whole (BUCKETS_EVERY_MS)
         const after = series.seq.length ? series.seq[series.seq.length - 1] : null;
         const query = after === null
           ? `since=${new Date(Date.now() - windowS * 1000).toISOString()}`
@@ -288,7 +309,11 @@ export function mount(root, session, id) {
     renderFacts(d);
     if (d.last_seen !== lastSeen) {
       lastSeen = d.last_seen;
-      pull();
+      if (Object.values(data).some(series => series.bucketS)) {
+        if (Date.now() - lastLoad > BUCKETS_EVERY_MS) loadAll();
+      } else {
+        pull();
+      }
       if (Date.now() - lastDetail > DETAIL_EVERY_MS) loadDetail();
       if (Date.now() - lastQuality > QUALITY_EVERY_MS) loadQuality();
     }

@@ -1,8 +1,10 @@
 // Models: every version with its test metrics, lineage and aliases, and where it
 // runs now (devices reporting it, devices told to run it, its rollouts), live.
+// A version's name links to its model card (modelcard.js).
 "use strict";
 
 import { DASH, badge, fixed, h, percent, text, throttled } from "./util.js";
+import { cardLink } from "./modelcard.js";
 
 function short(value, n = 10) {
   return typeof value === "string" && value.length > n ? value.slice(0, n) : text(value);
@@ -41,7 +43,8 @@ export function mount(root, session) {
               h("td", { class: "num" }, fixed(c.recall, 3)), h("td", { class: "num" }, fixed(c.f1, 3)),
               h("td", { class: "num" }, text(c.support))))))),
         h("div", {}, h("h2", {}, "Lineage"), h("pre", {}, JSON.stringify(lineage, null, 2)),
-          hyper ? h("details", {}, h("summary", {}, "Hyperparameters"), h("pre", {}, JSON.stringify(hyper, null, 2))) : null),
+          hyper ? h("details", {}, h("summary", {}, "Hyperparameters"), h("pre", {}, JSON.stringify(hyper, null, 2))) : null,
+          h("p", {}, cardLink(m.name, m.version, "Model card: approvals, rollouts, devices that ran it, audit JSON →"))),
       )));
   }
 
@@ -70,7 +73,7 @@ export function mount(root, session) {
               if (expanded.has(key)) expanded.delete(key); else expanded.add(key);
               render();
             } },
-              h("td", {}, h("strong", {}, m.version)),
+              h("td", {}, h("strong", {}, cardLink(m.name, m.version))),
               h("td", {}, m.created ? new Date(m.created).toLocaleString() : DASH),
               h("td", { class: "num" }, percent(m.metrics.accuracy)),
               h("td", { class: "num" }, fixed(m.metrics.macro_f1, 3)),
