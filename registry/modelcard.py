@@ -240,18 +240,7 @@ def _aliases(session: Session, name: str, version: str) -> ModelAuditAliases:
             )
             for a in current
         ],
-        moves=[
-            AliasMoveOut(
-                model=m.model,
-                alias=Alias(m.alias),
-                from_version=m.from_version,
-                to_version=m.to_version,
-                moved_at=iso(m.moved_at) or "",
-                moved_by=m.moved_by,
-                reason=m.reason,
-            )
-            for m in moves
-        ],
+        moves=[AliasMoveOut.of(m) for m in moves],
     )
 
 
@@ -544,14 +533,4 @@ def _audit(
     if targets:
         naming.append(AuditEntry.target.in_(targets))
     entries = session.scalars(select(AuditEntry).where(or_(*naming)).order_by(AuditEntry.id))
-    return [
-        AuditEntryOut(
-            id=e.id,
-            at=iso(e.at) or "",
-            actor=e.actor,
-            action=e.action,
-            target=e.target,
-            details=e.details,
-        )
-        for e in entries
-    ]
+    return [AuditEntryOut.of(e) for e in entries]

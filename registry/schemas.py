@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Path
 from pydantic import (
@@ -17,8 +17,12 @@ from pydantic import (
 
 from corral.errors import PayloadError
 from corral.topics import check_device_id
+from registry._time import iso
 from registry.core.security import Role
 from registry.rollout.plan import RolloutPlan, Selector
+
+if TYPE_CHECKING:
+    from registry.tables import AliasMove, AuditEntry
 
 __all__ = [
     "MAX_ID",
@@ -405,6 +409,18 @@ class AuditEntryOut(BaseModel):
     target: str
     details: dict[str, Any]
 
+    @classmethod
+    def of(cls, entry: AuditEntry) -> AuditEntryOut:
+        """The API view of an ``audit_log`` row."""
+        return cls(
+            id=entry.id,
+            at=iso(entry.at) or "",
+            actor=entry.actor,
+            action=entry.action,
+            target=entry.target,
+            details=entry.details,
+        )
+
 
 class Alias(StrEnum):
     """The aliases a model may have."""
@@ -441,6 +457,19 @@ class AliasMoveOut(BaseModel):
     moved_at: str
     moved_by: str
     reason: str
+
+    @classmethod
+    def of(cls, move: AliasMove) -> AliasMoveOut:
+        """The API view of an ``alias_moves`` row."""
+        return cls(
+            model=move.model,
+            alias=Alias(move.alias),
+            from_version=move.from_version,
+            to_version=move.to_version,
+            moved_at=iso(move.moved_at) or "",
+            moved_by=move.moved_by,
+            reason=move.reason,
+        )
 
 
 class Problem(BaseModel):

@@ -143,15 +143,4 @@ def alias_history(
         .where(AliasMove.model == name, AliasMove.alias == alias.value)
         .order_by(AliasMove.id.desc())
     )
-    return [
-        AliasMoveOut(
-            model=m.model,
-            alias=Alias(m.alias),
-            from_version=m.from_version,
-            to_version=m.to_version,
-            moved_at=iso(m.moved_at) or "",
-            moved_by=m.moved_by,
-            reason=m.reason,
-        )
-        for m in moves
-    ]
+    return [AliasMoveOut.of(m) for m in moves]

@@ -7,7 +7,6 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from sqlalchemy import select
 
-from registry._time import iso
 from registry.api.deps import AdminDep, SessionDep
 from registry.schemas import MAX_ID, PROBLEM_RESPONSES, AuditEntryOut
 from registry.tables import AuditEntry
@@ -43,14 +42,4 @@ def list_audit(
         query = query.where(AuditEntry.action == action)
     if target is not None:
         query = query.where(AuditEntry.target == target)
-    return [
-        AuditEntryOut(
-            id=e.id,
-            at=iso(e.at) or "",
-            actor=e.actor,
-            action=e.action,
-            target=e.target,
-            details=e.details,
-        )
-        for e in session.scalars(query)
-    ]
+    return [AuditEntryOut.of(e) for e in session.scalars(query)]
