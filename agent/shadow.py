@@ -72,7 +72,9 @@ def _same_preprocessing(a: InputSpec, b: InputSpec) -> bool:
 class _Batch:
     inputs: np.ndarray | None  # a copy of the current model's tensor, when usable as is
     images: list[np.ndarray]
-    current: list[str | None]  # the current model's predicted label, None if not finite
+    current_labels: Sequence[str]  # the current model's labels, by class index
+    predictions: np.ndarray  # the current model's class index per frame
+    finite: np.ndarray  # whether its output was finite, per frame
     labels: list[str | None]
     current_run_ms: float
 
@@ -122,6 +124,8 @@ class Shadow:
         self._counts = _Counts()
         self._stop = False
         self._buffer = np.zeros((0, *runtime.bundle.input.sample_shape), dtype=np.float32)
+        self._current: ModelRuntime | None = None  # the model the last batch came from
+        self._reuse = False  # whether its tensors are the candidate's input as they are
         self._thread = threading.Thread(target=self._run, name="shadow", daemon=True)
 
     @property
@@ -168,15 +172,17 @@ class Shadow:
             if self._slot is not None or self._stop:
                 self._counts.skipped += len(frames)
                 return False
-        labels = list(current.bundle.output.labels)
-        reuse = _same_preprocessing(current.bundle.input, self.runtime.bundle.input)
+        # The pipeline thread only copies; names and comparisons are the shadow thread's.
+        if current is not self._current:
+            self._current = current
+            self._reuse = _same_preprocessing(current.bundle.input, self.runtime.bundle.input)
         batch = _Batch(
-            inputs=inputs.copy() if reuse else None,
+            inputs=inputs.copy() if self._reuse else None,
             # Camera frames are fresh arrays, never overwritten: references are enough.
-            images=[] if reuse else [f.image for f in frames],
-            current=[
-                labels[int(p)] if ok else None for p, ok in zip(predictions, finite, strict=True)
-            ],
+            images=[] if self._reuse else [f.image for f in frames],
+            current_labels=current.bundle.output.labels,
+            predictions=predictions.copy(),
+            finite=finite.copy(),
             labels=[f.label for f in frames],
             current_run_ms=current_run_ms,
         )
@@ -255,7 +261,9 @@ class Shadow:
             c.run_ms.append(run_ms)
             c.current_run_ms.append(batch.current_run_ms)
             for i in range(n):
-                current = batch.current[i]
+                current = (
+                    batch.current_labels[int(batch.predictions[i])] if batch.finite[i] else None
+                )
                 if not finite[i] or current is None:
                     c.errors += 1
                     continue
