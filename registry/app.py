@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from registry.api.admission import Admission
 from registry.api.errors import install_error_handlers
 from registry.api.routes import (
     alerts,
@@ -68,6 +69,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="Corral registry", version="0.1.0", lifespan=lifespan)
     app.state.registry = context
     app.state.retention = retention
+    app.state.admission = Admission(
+        context.settings.max_db_requests, context.settings.request_wait_s
+    )
     install_error_handlers(app)
 
     @app.get("/healthz", tags=["health"])

@@ -10,7 +10,8 @@
         ├── InvalidInputError    the request is malformed                    → 422
         │   └── BlobMismatchError  an upload differs from its declared length or digest
         ├── ConfigError          the registry's own settings are unusable (startup)
-        └── BlobStoreError       the object store cannot be reached or refused us    → 503
+        ├── BlobStoreError       the object store cannot be reached or refused us    → 503
+        └── BusyError            too many requests at once; retry after a while      → 503
 
 ``corral.errors.ContractError`` (a bad bundle, payload or version) is also bad
 input: the API maps it to 422. The mapping lives in ``registry.api.errors``.
@@ -24,6 +25,7 @@ __all__ = [
     "AuthError",
     "BlobMismatchError",
     "BlobStoreError",
+    "BusyError",
     "ConfigError",
     "ConflictError",
     "InvalidInputError",
@@ -66,3 +68,14 @@ class BlobStoreError(RegistryError):
     Not the caller's fault: the request may succeed later, or once the store's
     address, bucket or credentials are put right.
     """
+
+
+class BusyError(RegistryError):
+    """The registry is serving as many requests as it may; this one should come back later.
+
+    Not the caller's fault. ``retry_after_s`` is sent as ``Retry-After``.
+    """
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

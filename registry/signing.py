@@ -81,6 +81,7 @@ from registry._time import as_utc, utcnow
 from registry.core.db import SessionFactory
 from registry.errors import ConfigError, NotFoundError, RegistryError
 from registry.keyring import KeyRing
+from registry.metadata_cache import MetadataCache
 from registry.tables import TufMetadata
 
 __all__ = [
@@ -157,14 +158,19 @@ class TufRepository:
     Args:
         keys_dir: where the online keys live (generated on first use).
         sessions: the database session factory.
+        newest_ttl_s: how long the newest metadata read is served before it is
+            read again (registry.metadata_cache): what another process stores
+            (a replica, ``corral keys``) is served after at most this long.
     """
 
-    def __init__(self, keys_dir: Path, sessions: SessionFactory) -> None:
+    def __init__(self, keys_dir: Path, sessions: SessionFactory, newest_ttl_s: float = 1.0) -> None:
         self._sessions = sessions
         self._lock = threading.Lock()
         self.keys_dir = Path(keys_dir)
         self.keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._keys = KeyRing(self.keys_dir)
+        self._cache = MetadataCache(self._read, newest_ttl_s)
+        self._parsed_root: tuple[bytes, Root] | None = None
 
     # --- set-up -------------------------------------------------------------------
 
@@ -194,6 +200,7 @@ class TufRepository:
                 self._add_row(session, md)
                 self._create_online_roles(session, root)
                 session.commit()
+                self._cache.forget_newest()
                 logger.info("created TUF repository (root, targets, snapshot, timestamp v1)")
         status = self.status()
         if status.online:
@@ -231,6 +238,13 @@ class TufRepository:
         Raises:
             NotFoundError: no such role or version.
         """
+        data = self._cache.get(role, version)
+        if data is None:
+            which = "any version" if version is None else f"version {version}"
+            raise NotFoundError(f"no {role} metadata at {which}")
+        return data
+
+    def _read(self, role: str, version: int | None) -> bytes | None:
         with self._sessions() as session:
             if version is None:
                 row = self._latest_row(session, role)
@@ -240,10 +254,7 @@ class TufRepository:
                         TufMetadata.role == role, TufMetadata.version == version
                     )
                 )
-        if row is None:
-            which = "any version" if version is None else f"version {version}"
-            raise NotFoundError(f"no {role} metadata at {which}")
-        return row.data
+            return None if row is None else row.data
 
     def root_dict(self) -> dict[str, Any]:
         """The newest root as a JSON object, for enrolment.
@@ -310,9 +321,17 @@ class TufRepository:
             ConfigError: the timestamp key root names is not in the keys directory.
         """
         check_nonce(nonce)
-        with self._sessions() as session:
-            root = self._load(session, Root)
-        return sign_time(SignedTime(utcnow(), nonce), self._signers_for(root, Timestamp.type))
+        return sign_time(
+            SignedTime(utcnow(), nonce), self._signers_for(self._newest_root(), Timestamp.type)
+        )
+
+    def _newest_root(self) -> Root:
+        data = self.metadata(Root.type)
+        parsed = self._parsed_root
+        if parsed is None or parsed[0] is not data:
+            parsed = (data, cast(Root, Metadata.from_bytes(data).signed))
+            self._parsed_root = parsed
+        return parsed[1]
 
     # --- writing ------------------------------------------------------------------
 
@@ -340,6 +359,7 @@ class TufRepository:
             self._bump(session, md, root)
             self._sign_snapshot_and_timestamp(session, md.version, root)
             session.commit()
+            self._cache.forget_newest()
             return md.version
 
     def refresh(self, now: datetime | None = None) -> bool:
@@ -375,6 +395,7 @@ class TufRepository:
             else:
                 return False
             session.commit()
+            self._cache.forget_newest()
             logger.info("re-signed TUF snapshot/timestamp before expiry")
             return True
 
@@ -441,6 +462,7 @@ class TufRepository:
                 self._bump(session, targets, new)
                 self._sign_snapshot_and_timestamp(session, targets.version, new)
             session.commit()
+            self._cache.forget_newest()
             trusted = {k for role in new.roles.values() for k in role.keyids}
             removed = [
                 path

@@ -1,6 +1,7 @@
 """Dependencies of the routes, as ``Annotated`` aliases.
 
-``SessionDep`` gives a database session closed after the request.
+``SessionDep`` gives a database session once the request is admitted
+(``registry.api.admission``), closed when the answer is built.
 ``ViewerDep``, ``OperatorDep`` and ``AdminDep`` require an API token whose
 role allows at least that much (``registry.core.security`` has the roles);
 ``CallerDep`` accepts any valid token, a device's included, and says who it
@@ -17,13 +18,14 @@ time its token is seen (``registry.broker.remember_credential``).
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from registry.api.admission import Admission
 from registry.broker import remember_credential
 from registry.core.context import RegistryContext
 from registry.core.security import ADMIN_NAME, Caller, Role, hash_token
@@ -51,13 +53,28 @@ def get_context(request: Request) -> RegistryContext:
 ContextDep = Annotated[RegistryContext, Depends(get_context)]
 
 
-def get_session(context: ContextDep) -> Iterator[Session]:
-    """A session for one request."""
+async def admitted(request: Request) -> AsyncIterator[None]:
+    """Wait for this request's turn at the database (registry.api.admission).
+
+    Raises:
+        BusyError: no turn came within the registry's ``request_wait_s`` (503).
+    """
+    admission: Admission = request.app.state.admission
+    async with admission.turn():
+        yield
+
+
+def get_session(
+    context: ContextDep, _turn: Annotated[None, Depends(admitted, scope="function")]
+) -> Iterator[Session]:
+    """A session for one request, once it is admitted; closed when the answer is built."""
     with context.sessions() as session:
         yield session
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+# "function": closed, and the turn given back, before the body is sent (a slow
+# download holds neither), not after.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
 def _bearer(authorization: str | None) -> str:

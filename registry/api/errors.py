@@ -7,6 +7,7 @@
 ``InvalidInputError``, ``ContractError``   422
 request validation (FastAPI)               422
 ``BlobStoreError``, ``SigningError``       503
+``BusyError``                              503, with ``Retry-After``
 =========================================  ====
 
 Every error answer is an RFC 9457 problem (``application/problem+json``)::
@@ -32,6 +33,7 @@ from corral.errors import ContractError, CorralError
 from registry.errors import (
     AuthError,
     BlobStoreError,
+    BusyError,
     ConflictError,
     InvalidInputError,
     NotFoundError,
@@ -48,6 +50,7 @@ STATUS: dict[type[CorralError], int] = {
     InvalidInputError: 422,
     ContractError: 422,
     BlobStoreError: 503,
+    BusyError: 503,
     # The registry's keys cannot sign what the stored root demands: its operator's to fix.
     SigningError: 503,
 }
@@ -96,7 +99,10 @@ def problem(request: Request, status: int, detail: str) -> JSONResponse:
 
 async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, CorralError)
-    return problem(request, status_for(exc), str(exc))
+    response = problem(request, status_for(exc), str(exc))
+    if isinstance(exc, BusyError):
+        response.headers["Retry-After"] = str(exc.retry_after_s)
+    return response
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:

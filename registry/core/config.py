@@ -75,6 +75,11 @@ class Settings(BaseSettings):
     #: Local mode allows a generated admin token; turn off for shared deployments.
     local: bool = True
     enrolment_ttl_s: int = Field(default=3600, gt=0, le=30 * 24 * 3600)
+    #: At most this many API requests use the database at once; the rest queue, and
+    #: one that waited ``request_wait_s`` gets 503 with Retry-After (registry.api.admission).
+    #: The database pool is sized from it: this many plus the registry's own workers'.
+    max_db_requests: int = Field(default=24, ge=1, le=1000)
+    request_wait_s: float = Field(default=10.0, gt=0, le=300)
     #: How often the rollout engine advances active rollouts (registry.rollout).
     rollout_interval_s: float = Field(default=2.0, gt=0)
     #: Refuse production rollouts of a version with no passed, approved staging rollout.

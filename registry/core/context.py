@@ -18,7 +18,13 @@ from corral.topics import topic
 from registry.alerts import Alerts
 from registry.blobstore import BlobStorage, BlobStore
 from registry.core.config import Settings
-from registry.core.db import SessionFactory, make_engine, make_session_factory, migrate
+from registry.core.db import (
+    WORKER_CONNECTIONS,
+    SessionFactory,
+    make_engine,
+    make_session_factory,
+    migrate,
+)
 from registry.governance import Governance
 from registry.ingest import Ingest
 from registry.mqtt import MqttBridge
@@ -66,7 +72,13 @@ class RegistryContext:
         """
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         admin_token = settings.resolve_admin_token()
-        engine = make_engine(settings.sqlalchemy_url)
+        # A connection for every admitted request and every worker, none beyond:
+        # nobody waits for one (registry.api.admission).
+        engine = make_engine(
+            settings.sqlalchemy_url,
+            pool_size=settings.max_db_requests + WORKER_CONNECTIONS,
+            max_overflow=0,
+        )
         migrate(engine)
         sessions = make_session_factory(engine)
         tuf = TufRepository(settings.data_dir / "keys", sessions)

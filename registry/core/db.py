@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 __all__ = [
     "INITIAL_REVISION",
+    "WORKER_CONNECTIONS",
     "SessionFactory",
     "alembic_config",
     "make_engine",
@@ -35,15 +36,23 @@ __all__ = [
 
 SessionFactory = sessionmaker[Session]
 
+#: Connections the registry keeps for itself beyond its admitted requests'
+#: (registry.api.admission): the ingest worker, the rollout, alert, governance,
+#: retention and TUF threads, the console's event streams.
+WORKER_CONNECTIONS = 12
+
 #: The revision that creates the schema registries had before migrations.
 INITIAL_REVISION = "0001"
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, pool_size: int = 5, max_overflow: int = 10) -> Engine:
     """Create the engine for ``url`` (it does not touch the schema; see :func:`migrate`).
 
     Args:
         url: a SQLAlchemy database URL.
+        pool_size: connections kept open (SQLAlchemy's default 5; the registry
+            passes one per admitted request, registry.api.admission).
+        max_overflow: connections opened beyond ``pool_size`` when all are in use.
 
     Returns:
         The engine.
@@ -53,7 +62,12 @@ def make_engine(url: str) -> Engine:
         ModuleNotFoundError: the URL's driver is not installed.
     """
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            pool_size=pool_size,
+            max_overflow=max_overflow,
+        )
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -64,7 +78,7 @@ def make_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    return create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=max_overflow)
 
 
 def alembic_config() -> Config:

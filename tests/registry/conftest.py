@@ -189,18 +189,27 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 @pytest.fixture
 def registry(tmp_path: Path, database_url: str) -> Iterator[RunningRegistry]:
     """A registry with its data in ``tmp_path``, served by uvicorn on a free port."""
+    with serve(tmp_path, database_url) as running:
+        yield running
+
+
+@contextmanager
+def serve(tmp_path: Path, database_url: str, **settings: Any) -> Iterator[RunningRegistry]:
+    """A registry as the ``registry`` fixture has it, with ``settings`` changed."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    settings = Settings(
-        data_dir=tmp_path / "registry",
-        database_url=database_url,
-        public_url=url,
-        mqtt_client_id=f"corral-registry-test-{uuid.uuid4().hex[:8]}",
-        mqtt_session_expiry_s=60,
-        # Tests evaluate alerts themselves, at the moments they choose.
-        alerts=AlertRules(interval_s=3600),
+    app = create_app(
+        Settings(
+            data_dir=tmp_path / "registry",
+            database_url=database_url,
+            public_url=url,
+            mqtt_client_id=f"corral-registry-test-{uuid.uuid4().hex[:8]}",
+            mqtt_session_expiry_s=60,
+            # Tests evaluate alerts themselves, at the moments they choose.
+            alerts=AlertRules(interval_s=3600),
+            **settings,
+        )
     )
-    app = create_app(settings)
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws="none")
     )
@@ -212,10 +221,15 @@ def registry(tmp_path: Path, database_url: str) -> Iterator[RunningRegistry]:
         time.sleep(0.02)
     context: RegistryContext = app.state.registry
     headers = {"Authorization": f"Bearer {context.admin_token}"}
-    with httpx.Client(base_url=url, headers=headers) as admin, httpx.Client(base_url=url) as anon:
-        yield RunningRegistry(url, context, admin, anon)
-    server.should_exit = True
-    thread.join(timeout=15)
+    try:
+        with (
+            httpx.Client(base_url=url, headers=headers) as admin,
+            httpx.Client(base_url=url) as anon,
+        ):
+            yield RunningRegistry(url, context, admin, anon)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
 
 
 @pytest.fixture

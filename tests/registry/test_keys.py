@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Iterator
 from datetime import timedelta, timezone
 from pathlib import Path
@@ -94,7 +95,10 @@ def repository(tmp_path: Path) -> Iterator[TufRepository]:
     """A repository on a SQLite file, created with an online root (local mode)."""
     engine = make_engine(f"sqlite:///{tmp_path / 'registry.db'}")
     migrate(engine)
-    repository = TufRepository(tmp_path / "data" / "keys", make_session_factory(engine))
+    # No caching of the newest metadata: some cases store rows behind its back.
+    repository = TufRepository(
+        tmp_path / "data" / "keys", make_session_factory(engine), newest_ttl_s=0
+    )
     yield repository
     engine.dispose()
 
@@ -458,6 +462,14 @@ def test_the_cli_takes_a_running_registry_offline_and_an_enrolled_agent_follows(
                 )
             )
             session.commit()
+        # Written behind the registry's back: served once its newest-metadata cache
+        # is read again (registry.metadata_cache, at most a second).
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            served = json.loads(registry.anon.get("/tuf/metadata/timestamp.json").content)
+            if served["signed"]["version"] == forged.signed.version:
+                break
+            time.sleep(0.1)
         with pytest.raises(VerificationError, match="not signed by the keys") as caught:
             updater.install("tiny", "1.0.0")
         assert isinstance(caught.value.__cause__, tuf_errors.UnsignedMetadataError)
