@@ -14,9 +14,10 @@ an admitted request never waits for a connection, and nothing waits forever.
 A request that is not admitted within ``wait_s`` gets 503 with ``Retry-After``
 (:class:`BusyError`). Routes that need no database (health), or read it only
 through the TUF metadata cache (metadata, the signed time: one connection at a
-time, counted in the workers'; registry.metadata_cache), are never queued. The admission is released, and the session
-closed, when the route's answer is built, before its body is sent: a slow
-download holds neither.
+time, counted in the workers'; registry.metadata_cache), are never queued.
+
+The admission is released, and the session closed, when the route's answer is
+built, before its body is sent: a slow download holds neither.
 """
 
 from __future__ import annotations

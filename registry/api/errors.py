@@ -8,6 +8,7 @@
 request validation (FastAPI)               422
 ``BlobStoreError``, ``SigningError``       503
 ``BusyError``                              503, with ``Retry-After``
+``sqlalchemy.exc.DataError``               422 (a value the database cannot hold)
 =========================================  ====
 
 Every error answer is an RFC 9457 problem (``application/problem+json``)::
@@ -27,6 +28,7 @@ from http import HTTPStatus
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from corral.errors import ContractError, CorralError
@@ -116,6 +118,19 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return response
 
 
+async def _data_error(request: Request, exc: Exception) -> JSONResponse:
+    # The database refused a value the request carried (PostgreSQL text cannot
+    # hold NUL; a number out of the column's range): the caller's to fix. The
+    # driver's first line says which; the statement and parameters stay out.
+    assert isinstance(exc, DataError)
+    reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else "invalid value"
+    detail = (
+        f"a value in the request cannot be stored: {reason}; "
+        "remove NUL characters and keep numbers and text within their fields' limits"
+    )
+    return problem(request, 422, detail)
+
+
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     parts = []
@@ -135,4 +150,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RegistryError, _domain_error)
     app.add_exception_handler(ContractError, _domain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(DataError, _data_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
