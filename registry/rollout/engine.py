@@ -31,7 +31,7 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -40,12 +40,12 @@ from registry._time import as_utc, utcnow
 from registry.core.db import SessionFactory
 from registry.errors import ConflictError, InvalidInputError, NotFoundError
 from registry.periodic import Periodic
-from registry.rollout import ab, gates
-from registry.rollout.plan import GateRules, RolloutPlan, Selector, Stage
+from registry.rollout import gates
+from registry.rollout.plan import RolloutPlan, Selector
+from registry.rollout.windows import read_windows
 from registry.tables import (
     Device,
     Event,
-    Message,
     ModelFile,
     ModelVersion,
     Rollout,
@@ -53,15 +53,14 @@ from registry.tables import (
     RolloutLogEntry,
 )
 
-__all__ = ["ACTIVE", "Hint", "Rollouts", "select_devices"]
+__all__ = ["ACTIVE", "MOVED", "Hint", "Rollouts", "select_devices"]
 
 logger = logging.getLogger(__name__)
 
-# (device_id, kind, received_at, payload) of a messages row.
-_Row = tuple[str, str, datetime, dict[str, Any]]
 
 ACTIVE = ("running", "waiting_approval", "paused", "rolling_back")
-_MOVED = ("moving", "converged", "failed", "timeout")
+#: The states of a device a rollout has sent to its version.
+MOVED = ("moving", "converged", "failed", "timeout")
 _BAD = ("failed", "timeout")
 _FAILURE_EVENTS = ("install_failed", "rolled_back", "rollback_failed", "load_failed")
 ENGINE = "rollout-engine"
@@ -394,88 +393,6 @@ class Rollouts:
             actor,
         )
 
-    def start_experiment(
-        self,
-        session: Session,
-        name: str,
-        model: str,
-        versions: tuple[str, str],
-        selector: Selector,
-        split: float,
-        actor: str,
-    ) -> tuple[Rollout, Rollout, list[Hint]]:
-        """Split the selection in cohorts A and B and move each to its version at once.
-
-        Raises:
-            ConflictError: an experiment of that name exists, or a named device is revoked.
-            NotFoundError: a version or a named device does not exist.
-            InvalidInputError: the selection has fewer than two devices, or a cohort
-                would be empty.
-        """
-        if self._experiment_rollouts(session, name):
-            raise ConflictError(f"experiment {name!r} exists; pick another name")
-        devices = select_devices(session, selector)
-        b_ids = [d.id for d in devices if ab.in_b(name, d.id, split)]
-        a_ids = [d.id for d in devices if d.id not in set(b_ids)]
-        if not a_ids or not b_ids:
-            raise InvalidInputError(
-                f"experiment {name!r}: {len(devices)} device(s) split {len(a_ids)}/{len(b_ids)}; "
-                "each cohort needs at least one (select more devices or change --split)"
-            )
-        made: list[Rollout] = []
-        hints: list[Hint] = []
-        for version, ids in zip(versions, (a_ids, b_ids), strict=True):
-            plan = RolloutPlan(
-                model=model,
-                version=version,
-                selector=Selector(devices=ids),
-                stages=[Stage(name="all")],
-                gates=GateRules(max_install_failure_percent=100.0),
-                experiment=name,
-            )
-            rollout, moved = self.create(session, plan, actor, supersede=True)
-            made.append(rollout)
-            hints += moved
-        return made[0], made[1], hints
-
-    @staticmethod
-    def _experiment_rollouts(session: Session, name: str) -> list[Rollout]:
-        rows = session.scalars(select(Rollout).order_by(Rollout.id))
-        return [r for r in rows if (r.plan or {}).get("experiment") == name]
-
-    def experiment(self, session: Session, name: str) -> dict[str, Any]:
-        """Both cohorts of an experiment and the difference B - A, with intervals.
-
-        Raises:
-            NotFoundError: no such experiment.
-        """
-        rollouts = self._experiment_rollouts(session, name)
-        if len(rollouts) != 2:
-            raise NotFoundError(f"no experiment {name!r}; `corral rollout ab` starts one")
-        windows = []
-        for rollout in rollouts:
-            moved = [rd for rd in rollout.devices if rd.state in _MOVED]
-            new, _, _ = self._windows(session, rollout, moved)
-            windows.append(new)
-        a, b = rollouts
-        return {
-            "name": name,
-            "model": a.model,
-            "a": {
-                "version": a.version,
-                "rollout": a.id,
-                "devices": len(a.devices),
-                "figures": windows[0].summary(),
-            },
-            "b": {
-                "version": b.version,
-                "rollout": b.id,
-                "devices": len(b.devices),
-                "figures": windows[1].summary(),
-            },
-            "differences": [d.to_dict() for d in ab.compare(windows[0], windows[1])],
-        }
-
     # --- internals -------------------------------------------------------------------
 
     @staticmethod
@@ -507,7 +424,7 @@ class Rollouts:
             taken = [rd for rd in old.devices if rd.device_id in busy]
             for rd in taken:
                 rd.state, rd.reason = "superseded", f"taken over by rollout {by}"
-            left = [rd for rd in old.devices if rd.state in ("waiting", *_MOVED)]
+            left = [rd for rd in old.devices if rd.state in ("waiting", *MOVED)]
             _log(
                 session,
                 old,
@@ -710,7 +627,7 @@ class Rollouts:
         if rollout.state != "running":
             return hints
         stage = plan.stages[rollout.stage]
-        moved = [rd for rd in rollout.devices if rd.stage <= rollout.stage and rd.state in _MOVED]
+        moved = [rd for rd in rollout.devices if rd.stage <= rollout.stage and rd.state in MOVED]
         bad = [rd for rd in moved if rd.state in _BAD]
         stage_total = sum(
             1
@@ -743,7 +660,7 @@ class Rollouts:
                 stage=rollout.stage,
             )
         soaked = now - as_utc(rollout.stage_settled_at) >= timedelta(seconds=stage.soak_s)
-        new, old, prior = self._windows(session, rollout, moved)
+        new, old, prior = read_windows(session, rollout, moved)
         results = gates.evaluate(
             plan.gates, max(stage_total, 1), len(bad), new, old, prior, stage.min_labelled
         )
@@ -838,49 +755,6 @@ class Rollouts:
         }
         rollout.gates = record
 
-    def _windows(
-        self, session: Session, rollout: Rollout, moved: list[RolloutDevice]
-    ) -> tuple[gates.Windows, gates.Windows, dict[str, float] | None]:
-        """The new version's reports since each device converged, and the old one's before."""
-        plan = RolloutPlan.model_validate(rollout.plan)
-        new, old = gates.Windows(), gates.Windows()
-        done = [rd for rd in moved if rd.state == "converged" and rd.moved_at is not None]
-        if done:
-            earliest = min(as_utc(rd.moved_at) for rd in done if rd.moved_at is not None)
-            by_device = {rd.device_id: rd for rd in done}
-            since = earliest - timedelta(seconds=plan.gates.baseline_s)
-            rows = session.execute(
-                select(Message.device_id, Message.kind, Message.received_at, Message.payload).where(
-                    Message.device_id.in_(list(by_device)),
-                    Message.kind.in_(("inference", "accuracy", "telemetry")),
-                    Message.received_at >= since,
-                )
-            ).all()
-            for device_id, kind, received, payload in cast("list[_Row]", rows):
-                rd = by_device[device_id]
-                at = as_utc(received)
-                version = payload.get("version")
-                if rd.settled_at is not None and at >= as_utc(rd.settled_at):
-                    if kind == "telemetry" or version == rollout.version:
-                        new.add(kind, payload)
-                elif (
-                    rd.moved_at is not None
-                    and at < as_utc(rd.moved_at)
-                    and (kind == "telemetry" or version == rd.previous_version)
-                ):
-                    old.add(kind, payload)
-        bundle = session.scalar(
-            select(ModelVersion.bundle).where(
-                ModelVersion.name == rollout.model, ModelVersion.version == rollout.version
-            )
-        )
-        prior = None
-        if isinstance(bundle, dict):
-            baseline = bundle.get("drift_baseline") or {}
-            if isinstance(baseline.get("class_prior"), dict):
-                prior = {str(k): float(v) for k, v in baseline["class_prior"].items()}
-        return new, old, prior
-
     def _roll_back(
         self,
         session: Session,
@@ -895,7 +769,7 @@ class Rollouts:
         for rd in rollout.devices:
             if rd.state == "waiting":
                 rd.state = "skipped"
-            elif rd.state in _MOVED:
+            elif rd.state in MOVED:
                 target = (rd.previous_model, rd.previous_version)
                 if target == (rollout.model, rollout.version) or rd.previous_version is None:
                     # Nothing to go back to (it already ran this version, or nothing).

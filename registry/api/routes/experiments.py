@@ -8,6 +8,7 @@ from fastapi import APIRouter, status
 
 from registry import audit
 from registry.api.deps import ContextDep, OperatorDep, SessionDep, ViewerDep
+from registry.rollout import experiments
 from registry.schemas import PROBLEM_RESPONSES, ExperimentRequest
 
 __all__ = ["router"]
@@ -27,7 +28,8 @@ def start_experiment(
         ConflictError: the name is taken.
         InvalidInputError: a cohort would be empty.
     """
-    a, b, hints = context.rollouts.start_experiment(
+    a, b, hints = experiments.start(
+        context.rollouts,
         session,
         body.name,
         body.model,
@@ -48,7 +50,7 @@ def start_experiment(
     )
     session.commit()
     context.rollouts.send(hints)
-    return context.rollouts.experiment(session, body.name)
+    return experiments.describe(session, body.name)
 
 
 @router.get("/{name}")
@@ -61,4 +63,4 @@ def get_experiment(
         AuthError: not a viewer.
         NotFoundError: no such experiment.
     """
-    return context.rollouts.experiment(session, name)
+    return experiments.describe(session, name)
