@@ -356,39 +356,15 @@ def _static_copy(workdir: Path, url: str, agents: list[tuple[str, str]], root: i
 
 
 def _enrolled(database: Path, n: int) -> list[tuple[str, str]]:
-    """``n`` devices written straight into the registry's database, as enrolment leaves them.
-
-    Setup, not what is measured: 500 enrolments over HTTP take minutes of SQLite
-    commits on a small machine. The rows are what ``POST /api/v1/enrol`` writes:
-    the token's SHA-256 and its broker hash (without that, each device's first
-    request would write it, which is not what an update check costs).
-    """
-    from registry._time import utcnow
-    from registry.broker import hash_password
+    """``n`` devices written straight into the registry's database, as enrolment leaves them."""
     from registry.core.db import make_engine, make_session_factory
-    from registry.core.security import hash_token, new_token
-    from registry.tables import Device
+    from tests.registry.conftest import write_devices
 
     engine = make_engine(f"sqlite:///{database}")
-    agents = [(f"bench-{i:04d}", new_token()) for i in range(n)]
     try:
-        with make_session_factory(engine)() as session:
-            session.add_all(
-                Device(
-                    id=device,
-                    token_hash=hash_token(token),
-                    mqtt_password_hash=hash_password(token),
-                    profile="x86-cpu",
-                    facts={},
-                    enrolled_at=utcnow(),
-                    tags=[],
-                )
-                for device, token in agents
-            )
-            session.commit()
+        return write_devices(make_session_factory(engine), n, prefix="bench")
     finally:
         engine.dispose()
-    return agents
 
 
 def bench_update_checks(workdir: Path) -> list[Figure]:

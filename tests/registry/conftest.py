@@ -252,3 +252,33 @@ def wait_for(predicate: Any, timeout: float = 10.0, what: str = "condition") -> 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.05)
+
+
+def write_devices(sessions: Any, n: int, prefix: str = "crowd") -> list[tuple[str, str]]:
+    """``n`` devices as enrolment leaves them, as (id, token), written in one commit.
+
+    Setup for load (enrolling hundreds over HTTP takes minutes of commits): the
+    rows hold what ``POST /api/v1/enrol`` writes, the token's SHA-256 and its
+    broker hash (without that, each device's first request would write it).
+    """
+    from registry._time import utcnow
+    from registry.broker import hash_password
+    from registry.core.security import hash_token, new_token
+    from registry.tables import Device
+
+    agents = [(unique_id(prefix), new_token()) for _ in range(n)]
+    with sessions() as session:
+        session.add_all(
+            Device(
+                id=device,
+                token_hash=hash_token(token),
+                mqtt_password_hash=hash_password(token, iterations=1),
+                profile="x86-cpu",
+                facts={},
+                enrolled_at=utcnow(),
+                tags=[],
+            )
+            for device, token in agents
+        )
+        session.commit()
+    return agents

@@ -15,13 +15,9 @@ import anyio
 import httpx
 import pytest
 
-from registry._time import utcnow
 from registry.api.admission import Admission
-from registry.broker import hash_password
-from registry.core.security import hash_token, new_token
 from registry.errors import BusyError
-from registry.tables import Device
-from tests.registry.conftest import RunningRegistry, serve
+from tests.registry.conftest import RunningRegistry, serve, write_devices
 
 AGENTS = 300
 
@@ -54,28 +50,16 @@ def test_a_request_waits_its_turn_and_one_that_waits_too_long_is_told_to_come_ba
 
 
 def _agents(registry: RunningRegistry, n: int) -> list[tuple[str, str]]:
-    """``n`` devices as enrolment leaves them, written at once (enrolling 300 takes minutes)."""
-    agents = [(registry.unique_id("crowd"), new_token()) for _ in range(n)]
-    with registry.context.sessions() as session:
-        session.add_all(
-            Device(
-                id=device,
-                token_hash=hash_token(token),
-                mqtt_password_hash=hash_password(token, iterations=1),
-                profile="x86-cpu",
-                facts={},
-                enrolled_at=utcnow(),
-                tags=[],
-            )
-            for device, token in agents
-        )
-        session.commit()
-    return agents
+    return write_devices(registry.context.sessions, n)
 
 
 async def _checks(url: str, agents: list[tuple[str, str]]) -> list[httpx.Response | Exception]:
     """Every agent's update check (desired version, signed time, timestamp), all at once."""
-    limits = httpx.Limits(max_connections=len(agents), max_keepalive_connections=len(agents))
+    # Idle connections are dropped well before uvicorn's 5 s keep-alive ends, or a
+    # request may go out on a connection the server is closing (a ReadError).
+    limits = httpx.Limits(
+        max_connections=len(agents), max_keepalive_connections=len(agents), keepalive_expiry=1.0
+    )
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
 
         async def check(device: str, token: str) -> list[httpx.Response | Exception]:
