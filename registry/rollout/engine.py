@@ -42,7 +42,7 @@ from registry.errors import ConflictError, InvalidInputError, NotFoundError
 from registry.periodic import Periodic
 from registry.rollout import gates
 from registry.rollout.plan import RolloutPlan, Selector
-from registry.rollout.windows import read_windows
+from registry.rollout.windows import WindowBook
 from registry.tables import (
     Device,
     Event,
@@ -174,6 +174,7 @@ class Rollouts:
         self.interval_s = interval_s
         self.require_staging = require_staging
         self._periodic = Periodic("rollouts", interval_s, self.tick)
+        self._windows = WindowBook()
 
     # --- background -----------------------------------------------------------
 
@@ -193,6 +194,7 @@ class Rollouts:
                     select(Rollout.id).where(Rollout.state.in_(ACTIVE)).order_by(Rollout.id)
                 )
             )
+        self._windows.keep(ids)
         for rollout_id in ids:
             with self.sessions() as session:
                 rollout = session.scalar(
@@ -660,7 +662,7 @@ class Rollouts:
                 stage=rollout.stage,
             )
         soaked = now - as_utc(rollout.stage_settled_at) >= timedelta(seconds=stage.soak_s)
-        new, old, prior = read_windows(session, rollout, moved)
+        new, old, prior = self._windows.read(session, rollout, moved)
         results = gates.evaluate(
             plan.gates, max(stage_total, 1), len(bad), new, old, prior, stage.min_labelled
         )
