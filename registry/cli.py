@@ -82,6 +82,9 @@ def serve(
     if settings.admin_token is None:
         console.print(f"admin token: {settings.admin_token_path}", highlight=False)
     console.print(f"MQTT:        {mqtt_host}:{mqtt_port}", highlight=False)
+    agents = settings.agent_broker()  # checked when the app was made
+    if (agents.host, agents.port) != (mqtt_host, mqtt_port):
+        console.print(f"MQTT agents: {agents.host}:{agents.port}", highlight=False)
     tuf_root = fastapi_app.state.registry.tuf.status()
     console.print(f"TUF:         {tuf_root.describe()}", highlight=False, soft_wrap=True)
     uvicorn.run(fastapi_app, host=host, port=port, log_level="info")
@@ -149,18 +152,82 @@ def broker_files(
         str | None,
         typer.Option(help="Group of the files (mode 0640), e.g. mosquitto, so it can read them."),
     ] = None,
+    devices_listener: Annotated[
+        str | None,
+        typer.Option(
+            "--devices-listener",
+            metavar="[ADDRESS:]PORT",
+            help="Declare the agents' listener, where every client id is the device id "
+            "(use_username_as_clientid), so no device can knock another off; with "
+            "--registry-listener.",
+        ),
+    ] = None,
+    registry_listener: Annotated[
+        str | None,
+        typer.Option(
+            "--registry-listener",
+            metavar="[ADDRESS:]PORT",
+            help="Declare the registry's own listener (CORRAL_MQTT_HOST/PORT); only the "
+            "registry account logs in there.",
+        ),
+    ] = None,
+    tls_certfile: Annotated[
+        Path | None,
+        typer.Option(help="The broker's certificate (PEM): the agents' listener speaks TLS."),
+    ] = None,
+    tls_keyfile: Annotated[
+        Path | None, typer.Option(help="The key of --tls-certfile (PEM).")
+    ] = None,
+    tls_cafile: Annotated[
+        Path | None,
+        typer.Option(help="The CA (PEM) that signs client certificates, for mutual TLS."),
+    ] = None,
+    require_certificate: Annotated[
+        bool,
+        typer.Option(help="Mutual TLS: refuse clients without a certificate from --tls-cafile."),
+    ] = False,
+    registry_tls: Annotated[
+        bool,
+        typer.Option(help="The registry's listener speaks TLS too, with the same files."),
+    ] = False,
 ) -> None:
     """Write Mosquitto's password and ACL files from the enrolled devices.
 
     Each device may publish only under corral/v1/devices/<its id>/ and read only
     its own desired version; the registry's account (CORRAL_MQTT_USERNAME,
     CORRAL_MQTT_PASSWORD) reads every device topic and publishes desired versions.
-    Revoked devices are left out. Run it again after enrolling or revoking, then
-    reload Mosquitto (SIGHUP).
+    Revoked devices are left out. With --devices-listener and --registry-listener,
+    corral.conf declares both listeners, and no device can take another's client
+    id (docs/broker.md, "Client ids"). Run it again after enrolling or revoking,
+    then reload Mosquitto (SIGHUP).
     """
-    from registry.broker import DEFAULT_REGISTRY_USER, write_broker_files
+    from dataclasses import replace
+
+    from corral.errors import CorralError
+    from registry.broker import DEFAULT_REGISTRY_USER, Listener, write_broker_files
     from registry.core.db import make_session_factory
 
+    def with_tls(listener: Listener) -> Listener:
+        return replace(
+            listener,
+            certfile=tls_certfile,
+            keyfile=tls_keyfile,
+            cafile=tls_cafile,
+            require_certificate=require_certificate,
+        )
+
+    tls_asked = registry_tls or require_certificate or any((tls_certfile, tls_keyfile, tls_cafile))
+    if devices_listener is None and tls_asked:
+        raise _fail("the TLS options are for the listeners: give --devices-listener too")
+    devices = registry = None
+    try:
+        if devices_listener is not None:
+            devices = with_tls(Listener.parse(devices_listener))
+        if registry_listener is not None:
+            registry = Listener.parse(registry_listener)
+            registry = with_tls(registry) if registry_tls else registry
+    except CorralError as e:
+        raise _fail(e) from e
     with _database(data_dir) as (settings, engine):
         if settings.mqtt_password is None:
             console.print(
@@ -171,9 +238,20 @@ def broker_files(
         user = settings.mqtt_username or DEFAULT_REGISTRY_USER
         password = settings.mqtt_password.get_secret_value()
         with make_session_factory(engine)() as session:
-            written = write_broker_files(session, out, user, password, group=group)
-    _say(f"wrote {written.password_path}: {len(written.devices)} device(s) and {user}")
+            written = write_broker_files(
+                session, out, user, password, group=group, devices=devices, registry=registry
+            )
+    if written.registry_password_path is None:
+        _say(f"wrote {written.password_path}: {len(written.devices)} device(s) and {user}")
+    else:
+        _say(f"wrote {written.password_path}: {len(written.devices)} device(s)")
+        _say(f"wrote {written.registry_password_path}: {user}")
     _say(f"wrote {written.acl_path} and {written.conf_path}")
+    if devices is not None and registry is not None:
+        _say(
+            f"listeners: agents {devices.describe()} (client id = device id), "
+            f"registry {registry.describe()}; Mosquitto needs no other listener"
+        )
     if written.revoked:
         _say(f"left out, revoked: {', '.join(written.revoked)}")
     if written.without_credential:
@@ -181,7 +259,18 @@ def broker_files(
             "left out, no broker password yet (enrolled before broker credentials; each "
             f"gets one at its next call to the registry): {', '.join(written.without_credential)}"
         )
-    _say("reload Mosquitto to apply: systemctl reload mosquitto, or kill -HUP its pid")
+    if devices is None:
+        _say(
+            "note: one listener for all lets a device take another's client id and knock it "
+            "off the broker; --devices-listener and --registry-listener close that "
+            "(docs/broker.md)"
+        )
+        _say("reload Mosquitto to apply: systemctl reload mosquitto, or kill -HUP its pid")
+    else:
+        _say(
+            "restart Mosquitto after the listeners change (systemctl restart mosquitto); "
+            "after devices change, reload it: systemctl reload mosquitto, or kill -HUP its pid"
+        )
 
 
 def _say(text: str) -> None:

@@ -4,6 +4,11 @@
 In local mode (the default) a missing admin token is generated once into
 ``{data_dir}/admin-token`` (mode 0600) and reused; outside local mode the
 registry refuses to start without ``CORRAL_ADMIN_TOKEN``.
+
+Two broker addresses: ``mqtt_*`` is where this registry's bridge connects,
+``agent_mqtt_*`` what agents are told at enrolment (each unset falls back to
+the registry's own). They differ when the broker gives devices a listener of
+their own (docs/broker.md, "Client ids").
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import hashlib
 import os
 import secrets
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -27,9 +33,23 @@ from registry.retention import RetentionPolicy
 if TYPE_CHECKING:
     from registry.governance import Policy
 
-__all__ = ["Settings"]
+__all__ = ["AgentBroker", "Settings"]
 
 ADMIN_TOKEN_FILE = "admin-token"
+
+
+@dataclass(frozen=True)
+class AgentBroker:
+    """The broker as agents are told it at enrolment (:meth:`Settings.agent_broker`).
+
+    ``ca_file``: the CA bundle handed to agents; None with ``tls`` means they
+    trust their system's CAs.
+    """
+
+    host: str
+    port: int
+    tls: bool
+    ca_file: Path | None
 
 
 class Settings(BaseSettings):
@@ -60,10 +80,12 @@ class Settings(BaseSettings):
     mqtt_username: str | None = None
     mqtt_password: SecretStr | None = None
     #: Speak TLS (1.2 or newer) to the broker, e.g. on port 8883. Agents enrolled
-    #: from now on are told to do the same, and are handed ``mqtt_ca_file``.
+    #: from now on are told to do the same (unless ``agent_mqtt_tls`` says otherwise),
+    #: and are handed ``mqtt_ca_file``.
     mqtt_tls: bool = False
     #: PEM bundle of the CA that signed the broker's certificate; None trusts the
-    #: system's CAs. Handed to agents at enrolment, so they trust the same broker.
+    #: system's CAs. Handed to agents at enrolment (unless ``agent_mqtt_ca_file`` is
+    #: set), so they trust the same broker.
     mqtt_ca_file: Path | None = None
     #: This registry's client certificate and key (PEM), for a broker that requires
     #: one (Mosquitto ``require_certificate true``); the key may sit in the certificate file.
@@ -71,6 +93,17 @@ class Settings(BaseSettings):
     mqtt_key_file: Path | None = None
     #: Refuse a broker certificate that does not name ``mqtt_host``. Leave it on.
     mqtt_tls_check_hostname: bool = True
+    #: The broker address agents are told at enrolment, when it is not the registry's
+    #: own: Mosquitto's devices-only listener (docs/broker.md, "Client ids"). None:
+    #: ``mqtt_host`` / ``mqtt_port``. With TLS the host must be a name in the broker's
+    #: certificate: agents check it.
+    agent_mqtt_host: str | None = None
+    agent_mqtt_port: int | None = Field(default=None, ge=1, le=65535)
+    #: Whether agents speak TLS to that address; None: as this registry does (``mqtt_tls``).
+    agent_mqtt_tls: bool | None = None
+    #: The CA bundle (PEM) handed to agents for that address; None: ``mqtt_ca_file``.
+    #: Refused while agents do not speak TLS.
+    agent_mqtt_ca_file: Path | None = None
     admin_token: SecretStr | None = None
     #: Local mode allows a generated admin token; turn off for shared deployments.
     local: bool = True
@@ -136,25 +169,50 @@ class Settings(BaseSettings):
         except TlsConfigError as e:
             raise ConfigError(f"CORRAL_MQTT_KEY_FILE: {e}") from e
 
+    def agent_broker(self) -> AgentBroker:
+        """The broker address, TLS and CA file agents are told at enrolment.
+
+        Each ``agent_mqtt_*`` setting left unset is the registry's own; the CA file
+        is ``agent_mqtt_ca_file``, else ``mqtt_ca_file``, and only with TLS.
+
+        Raises:
+            ConfigError: ``agent_mqtt_ca_file`` is set while agents do not speak TLS.
+        """
+        tls = self.mqtt_tls if self.agent_mqtt_tls is None else self.agent_mqtt_tls
+        if not tls and self.agent_mqtt_ca_file is not None:
+            raise ConfigError(
+                "CORRAL_AGENT_MQTT_CA_FILE set but agents do not speak TLS to the broker; set "
+                "CORRAL_AGENT_MQTT_TLS=true (and CORRAL_AGENT_MQTT_PORT to the TLS listener's "
+                "port, usually 8883) or unset it"
+            )
+        ca_file = self.agent_mqtt_ca_file or (self.mqtt_ca_file if self.mqtt_tls else None)
+        return AgentBroker(
+            host=self.agent_mqtt_host or self.mqtt_host,
+            port=self.agent_mqtt_port or self.mqtt_port,
+            tls=tls,
+            ca_file=ca_file if tls else None,
+        )
+
     def broker_ca_pem(self) -> str | None:
         """The broker's CA certificate(s) in PEM, as agents get them at enrolment.
 
         Returns:
-            The text of ``mqtt_ca_file``; None without TLS or without a CA file
-            (agents then trust their system's CAs, as the registry does).
+            The text of :meth:`agent_broker`'s CA file; None without TLS or without a
+            CA file (agents then trust their system's CAs).
 
         Raises:
-            ConfigError: the file cannot be read or holds no PEM certificate.
+            ConfigError: the file cannot be read or holds no PEM certificate, or the
+                agents' TLS settings contradict each other (:meth:`agent_broker`).
         """
-        if not self.mqtt_tls or self.mqtt_ca_file is None:
+        path = self.agent_broker().ca_file
+        if path is None:
             return None
+        setting = "CORRAL_AGENT_MQTT_CA_FILE" if self.agent_mqtt_ca_file else "CORRAL_MQTT_CA_FILE"
         try:
-            pem = self.mqtt_ca_file.read_text()
-            check_ca_pem(pem, f"CORRAL_MQTT_CA_FILE {self.mqtt_ca_file}")
+            pem = path.read_text()
+            check_ca_pem(pem, f"{setting} {path}")
         except (OSError, UnicodeDecodeError) as e:
-            raise ConfigError(
-                f"cannot read the broker's CA file {self.mqtt_ca_file} (CORRAL_MQTT_CA_FILE): {e}"
-            ) from e
+            raise ConfigError(f"cannot read the broker's CA file {path} ({setting}): {e}") from e
         except TlsConfigError as e:
             raise ConfigError(str(e)) from e
         return pem

@@ -65,13 +65,15 @@ class RegistryContext:
 
         Raises:
             ConfigError: unusable settings (no admin token outside local mode,
-                keys that the stored root does not trust, or an S3 bucket that
-                cannot be reached).
+                contradicting broker TLS settings, keys that the stored root does
+                not trust, or an S3 bucket that cannot be reached).
             sqlalchemy.exc.SQLAlchemyError: the database cannot be opened or migrated.
             alembic.util.CommandError: a newer registry migrated the database.
         """
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         admin_token = settings.resolve_admin_token()
+        # Contradicting TLS settings for agents fail here, not at the first enrolment.
+        settings.agent_broker()
         # A connection for every admitted request and every worker, none beyond:
         # nobody waits for one (registry.api.admission).
         engine = make_engine(

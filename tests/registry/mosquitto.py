@@ -2,9 +2,12 @@
 
 ``Mosquitto.start(directory, port)`` runs ``mosquitto -c`` with a listener on
 127.0.0.1 and ``corral.conf`` (the authentication settings written by
-``registry.broker``) from ``directory``; ``reload`` sends SIGHUP, as an
-operator does after writing the files again. ``Client`` wraps paho so a test
-can wait for CONNACK, SUBACK, PUBACK and messages without sleeping.
+``registry.broker``) from ``directory``; with ``registry_port``, ``corral.conf``
+declares the listeners itself (the devices' on ``port``, the registry's on
+``registry_port``, as ``registry.broker.conf_file`` writes them). ``reload``
+sends SIGHUP, as an operator does after writing the files again. ``Client``
+wraps paho so a test can wait for CONNACK, SUBACK, PUBACK and messages without
+sleeping.
 """
 
 from __future__ import annotations
@@ -42,10 +45,18 @@ class Mosquitto:
     port: int
     process: subprocess.Popen[bytes]
     log: Path
+    #: The registry's listener; ``port`` when there is one listener for all.
+    registry_port: int = 0
 
     @classmethod
-    def start(cls, directory: Path, port: int) -> Mosquitto:
+    def start(cls, directory: Path, port: int, *, registry_port: int | None = None) -> Mosquitto:
         """Start Mosquitto with ``directory/corral.conf`` on ``127.0.0.1:port``.
+
+        Args:
+            directory: holds ``corral.conf``; the full configuration and the log go here.
+            port: the listener's port (the devices' listener with ``registry_port``).
+            registry_port: the registry's listener; ``corral.conf`` then declares
+                both listeners and no other is added.
 
         Skips, loudly, when there is no ``mosquitto`` binary.
         """
@@ -55,7 +66,9 @@ class Mosquitto:
         if binary is None:
             pytest.skip("NO MOSQUITTO BINARY: broker ACL tests SKIPPED; apt-get install mosquitto")
         conf = directory / "mosquitto.conf"
-        lines = [f"listener {port} 127.0.0.1", "persistence false"]
+        lines = ["persistence false"]
+        if registry_port is None:
+            lines.insert(0, f"listener {port} 127.0.0.1")
         if os.geteuid() == 0:
             lines.insert(
                 0, "user root"
@@ -64,20 +77,22 @@ class Mosquitto:
         log = directory / "mosquitto.log"
         with log.open("wb") as out:
             process = subprocess.Popen([binary, "-c", str(conf)], stdout=out, stderr=out)
-        broker = cls(port, process, log)
+        broker = cls(port, process, log, registry_port or port)
         deadline = time.monotonic() + 10
-        while True:
+        waiting = {port, broker.registry_port}
+        while waiting:
             if process.poll() is not None:
                 raise AssertionError(f"mosquitto exited: {log.read_text()[-2000:]}")
             try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    return broker
+                with socket.create_connection(("127.0.0.1", min(waiting)), timeout=0.2):
+                    waiting.remove(min(waiting))
             except OSError as e:
                 if time.monotonic() > deadline:
                     broker.stop()
                     tail = log.read_text()[-2000:]
                     raise AssertionError(f"mosquitto did not listen: {tail}") from e
                 time.sleep(0.05)
+        return broker
 
     def reload(self) -> None:
         """Make Mosquitto reread its password and ACL files (SIGHUP)."""
@@ -101,14 +116,20 @@ class Client:
     user: str | None
     password: str | None
     client_id: str = field(default_factory=lambda: f"test-{uuid.uuid4().hex[:8]}")
+    #: Ask for a persistent session (MQTT 3.1.1 ``clean_session`` off), as the agent does.
+    persistent: bool = False
     connacks: list[str] = field(default_factory=list)
+    #: Per CONNACK: whether the broker had a session for us.
+    sessions_present: list[bool] = field(default_factory=list)
     disconnects: int = 0
     messages: list[tuple[str, bytes]] = field(default_factory=list)
     _subacks: dict[int, list[str]] = field(default_factory=dict)
     _changed: threading.Condition = field(default_factory=threading.Condition)
 
     def __post_init__(self) -> None:
-        self.paho = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id)
+        self.paho = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=not self.persistent
+        )
         if self.user is not None:
             self.paho.username_pw_set(self.user, self.password)
         self.paho.on_connect = self._on_connect
@@ -164,7 +185,8 @@ class Client:
         with self._changed:
             self._changed.notify_all()
 
-    def _on_connect(self, _c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+    def _on_connect(self, _c: Any, _u: Any, flags: Any, reason: Any, _p: Any) -> None:
+        self.sessions_present.append(bool(flags.session_present))
         self.connacks.append(str(reason))
         if reason.is_failure:
             self.paho.disconnect()  # no retries: the test asked once

@@ -1,9 +1,12 @@
 """Broker access control: the files `corral registry broker-files` writes, on a real Mosquitto.
 
-Each test runs its own Mosquitto on a free port, configured only by the files
-``registry.broker`` wrote from the registry's device table, and a registry
-(on SQLite and on PostgreSQL) whose MQTT bridge logs in with the registry's
-broker account. Devices log in as their agent does: device id and device token.
+Each test runs its own Mosquitto, configured only by the files
+``registry.broker`` wrote from the registry's device table, with its two
+listeners on free ports: the devices' (where every client id is the user
+name) and the registry's. A registry (on SQLite and on PostgreSQL) logs in on
+its listener with the registry's broker account and tells agents the devices'
+(``CORRAL_AGENT_MQTT_PORT``). Devices log in as their agent does: device id
+and device token.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ from corral.payloads import encode
 from corral.topics import topic
 from registry.broker import (
     DEFAULT_REGISTRY_USER,
+    Listener,
     acl_file,
+    conf_file,
     hash_password,
     password_file,
     write_broker_files,
@@ -28,25 +33,57 @@ from registry.broker import (
 from tests.registry.mosquitto import Client, Mosquitto, free_port
 
 SERVICE_PASSWORD = secrets.token_urlsafe(24)
+TELEMETRY = {"cpu_percent": 12.5, "memory_percent": 40.0, "disk_percent": 10.0, "gpus": []}
 ACCEPTED = "Success"
 REFUSED = "Not authorized"
 
 
 @dataclass
 class Secured:
-    """The broker of one test and the directory its files live in."""
+    """The broker of one test, its two listeners and the directory its files live in."""
 
     broker: Mosquitto
     files: Path
+    devices: Listener
+    registry: Listener
 
-    def client(self, user: str | None, password: str | None) -> Client:
-        return Client(self.broker.port, user, password)
+    def client(self, user: str | None, password: str | None, **args: Any) -> Client:
+        """A client of the devices' listener (not connected yet)."""
+        return Client(self.broker.port, user, password, **args)
 
     def service(self) -> Client:
-        """A client logged in with the registry's account, as an operator's tool would."""
-        client = self.client(DEFAULT_REGISTRY_USER, SERVICE_PASSWORD)
+        """A client of the registry's listener with its account, as an operator's tool would."""
+        client = Client(self.broker.registry_port, DEFAULT_REGISTRY_USER, SERVICE_PASSWORD)
         assert client.connect() == ACCEPTED
         return client
+
+    def write(self, session: Any) -> None:
+        """Write the files from the database, as `corral registry broker-files` does."""
+        write_broker_files(
+            session,
+            self.files,
+            DEFAULT_REGISTRY_USER,
+            SERVICE_PASSWORD,
+            devices=self.devices,
+            registry=self.registry,
+        )
+
+
+def start_secured(files: Path, devices: Listener) -> Secured:
+    """Mosquitto with the files of a registry that has no devices yet, and ``devices``.
+
+    The registry's listener is plain, on 127.0.0.1.
+    """
+    files.mkdir(parents=True, exist_ok=True)
+    registry = Listener(free_port(), "127.0.0.1")
+    (files / "passwd").write_text(password_file([]))
+    (files / "registry-passwd").write_text(
+        password_file([(DEFAULT_REGISTRY_USER, hash_password(SERVICE_PASSWORD))])
+    )
+    (files / "acl").write_text(acl_file(DEFAULT_REGISTRY_USER))
+    (files / "corral.conf").write_text(conf_file(files, devices, registry))
+    broker = Mosquitto.start(files, devices.port, registry_port=registry.port)
+    return Secured(broker, files, devices, registry)
 
 
 @dataclass
@@ -61,23 +98,16 @@ class Login:
 def secured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Secured]:
     """Mosquitto with the files of a registry that has no devices yet.
 
-    The registry fixture reads its broker address and account from these variables.
+    The registry fixture reads its broker address, the agents' and its account from
+    these variables.
     """
-    files = tmp_path / "broker"
-    files.mkdir()
-    (files / "passwd").write_text(
-        password_file([(DEFAULT_REGISTRY_USER, hash_password(SERVICE_PASSWORD))])
-    )
-    (files / "acl").write_text(acl_file(DEFAULT_REGISTRY_USER))
-    (files / "corral.conf").write_text(
-        f"allow_anonymous false\npassword_file {files / 'passwd'}\nacl_file {files / 'acl'}\n"
-    )
-    broker = Mosquitto.start(files, free_port())
-    monkeypatch.setenv("CORRAL_MQTT_PORT", str(broker.port))
+    secured = start_secured(tmp_path / "broker", Listener(free_port(), "127.0.0.1"))
+    monkeypatch.setenv("CORRAL_MQTT_PORT", str(secured.broker.registry_port))
+    monkeypatch.setenv("CORRAL_AGENT_MQTT_PORT", str(secured.broker.port))
     monkeypatch.setenv("CORRAL_MQTT_USERNAME", DEFAULT_REGISTRY_USER)
     monkeypatch.setenv("CORRAL_MQTT_PASSWORD", SERVICE_PASSWORD)
-    yield Secured(broker, files)
-    broker.stop()
+    yield secured
+    secured.broker.stop()
 
 
 @pytest.fixture
@@ -95,7 +125,7 @@ def enrol(registry: Any, name: str) -> Login:
 def regenerate(registry: Any, secured: Secured, until: Login) -> None:
     """Write the files from the database, reload Mosquitto, wait until ``until`` may log in."""
     with registry.context.sessions() as session:
-        write_broker_files(session, secured.files, DEFAULT_REGISTRY_USER, SERVICE_PASSWORD)
+        secured.write(session)
     secured.broker.reload()
 
     def accepted() -> bool:
@@ -115,8 +145,7 @@ def connected(secured: Secured, device: Login) -> Client:
 
 
 def telemetry(device_id: str, seq: int) -> bytes:
-    body = {"cpu_percent": 12.5, "memory_percent": 40.0, "disk_percent": 10.0, "gpus": []}
-    return encode("telemetry", device_id, seq, body)
+    return encode("telemetry", device_id, seq, TELEMETRY)
 
 
 @pytest.fixture(params=["plain", "shared"])
@@ -249,36 +278,96 @@ def test_the_agents_own_link_logs_in_reports_and_gets_its_desired_version(
     from agent.mqtt import AgentLink
     from agent.outbox import Outbox
 
-    a = enrol(registry, "a")
+    device_id = registry.unique_id("a")
+    answer = registry.enrol(device_id)
+    a = Login(device_id, answer["device_token"])
+    # Enrolment names the devices' listener, not the registry's.
+    assert answer["mqtt"] == {"host": "127.0.0.1", "port": secured.broker.port}
     regenerate(registry, secured, until=a)
     registry.context.publish_desired(a.id, 1, "animals", "1.0.0")
     desired: list[dict[str, Any]] = []
     outbox = Outbox(tmp_path / "agent", a.id)
-    # As agent.service builds it: device id and device token as the broker login.
-    link = AgentLink(
-        a.id,
-        "127.0.0.1",
-        secured.broker.port,
-        outbox,
-        on_desired=desired.append,
-        username=a.id,
-        password=a.token,
-    )
-    try:
-        link.start()
-        assert link.wait_connected(10)
-        registry.wait_for(lambda: desired, what="a's desired hint")
-        link.publish(
-            "telemetry",
-            {"cpu_percent": 7.0, "memory_percent": 1.0, "disk_percent": 1.0, "gpus": []},
+
+    def link() -> AgentLink:
+        # As agent.service builds it: client id corral-agent-<id>, a persistent session,
+        # device id and device token as the broker login. The broker makes the id <id>.
+        return AgentLink(
+            a.id,
+            answer["mqtt"]["host"],
+            answer["mqtt"]["port"],
+            outbox,
+            on_desired=desired.append,
+            username=a.id,
+            password=a.token,
         )
 
-        def reported() -> bool:
-            detail = registry.admin.get(f"/api/v1/devices/{a.id}").json()
-            return bool(detail["state"] == "online" and detail["cpu_percent"] == 7.0)
+    def reported(cpu: float) -> bool:
+        detail = registry.admin.get(f"/api/v1/devices/{a.id}").json()
+        return bool(detail["state"] == "online" and detail["cpu_percent"] == cpu)
 
-        registry.wait_for(reported, what="the registry to see a online with its telemetry")
+    first = link()
+    try:
+        first.start()
+        assert first.wait_connected(10), first.last_error
+        registry.wait_for(lambda: desired, what="a's desired hint")
+        seq = first.publish("telemetry", {**TELEMETRY, "cpu_percent": 7.0})
+        registry.wait_for(lambda: outbox.is_sent(seq), what="the broker to acknowledge it")
+        registry.wait_for(lambda: reported(7.0), what="the registry to see a's telemetry")
     finally:
-        link.stop()
+        assert first.stop(), "the broker did not acknowledge the offline status"
+    # The agent restarts; a new desired version was published while it was away.
+    registry.context.publish_desired(a.id, 2, "animals", "1.0.1")
+    second = link()
+    try:
+        second.start()
+        registry.wait_for(lambda: any(d["version"] == "1.0.1" for d in desired))
+        seq = second.publish("telemetry", {**TELEMETRY, "cpu_percent": 8.0})
+        registry.wait_for(lambda: outbox.is_sent(seq), what="the broker to acknowledge it")
+        registry.wait_for(lambda: reported(8.0), what="the registry to see a's telemetry")
+    finally:
+        second.stop()
         outbox.close()
     assert desired[0]["version"] == "1.0.0"
+
+
+def test_a_devices_persistent_session_is_kept_under_its_device_id(
+    registry: Any, secured: Secured
+) -> None:
+    a = enrol(registry, "a")
+    regenerate(registry, secured, until=a)
+    first = secured.client(a.id, a.token, client_id=f"corral-agent-{a.id}", persistent=True)
+    try:
+        assert first.connect() == ACCEPTED
+        first.subscribe(topic(a.id, "desired"))
+    finally:
+        first.close()
+    registry.context.publish_desired(a.id, 1, "animals", "1.0.0")
+    # Another client id, the same login: the broker files the session under the user name,
+    # so it is the same session, with the subscription and the hint queued for it.
+    again = secured.client(a.id, a.token, client_id="anything-else", persistent=True)
+    try:
+        assert again.connect() == ACCEPTED
+        assert again.sessions_present == [True]
+        assert b"1.0.0" in again.wait_message(topic(a.id, "desired"))
+    finally:
+        again.close()
+
+
+def test_the_registry_and_the_devices_log_in_only_on_their_own_listeners(
+    registry: Any, secured: Secured
+) -> None:
+    a = enrol(registry, "a")
+    regenerate(registry, secured, until=a)
+    logins = {
+        "registry on the devices' listener": Client(
+            secured.broker.port, DEFAULT_REGISTRY_USER, SERVICE_PASSWORD
+        ),
+        "device on the registry's listener": Client(secured.broker.registry_port, a.id, a.token),
+    }
+    answers = {}
+    for name, client in logins.items():
+        try:
+            answers[name] = client.connect()
+        finally:
+            client.close()
+    assert answers == dict.fromkeys(logins, REFUSED)

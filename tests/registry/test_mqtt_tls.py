@@ -5,6 +5,9 @@ Each test that needs a broker starts its own Mosquitto with a TLS listener
 ``CORRAL_MQTT_*`` variables an operator sets. The bridges that ingest here are
 built from the registry's own settings (``Settings.broker_tls``) and feed the
 registry's own ingest worker, so what is stored is what the registry stores.
+Agents may be told another listener than the registry's own
+(``CORRAL_AGENT_MQTT_*``, ``Settings.agent_broker``): a TLS one of theirs while
+the registry stays on a plain one, as ``registry.broker`` declares them.
 """
 
 from __future__ import annotations
@@ -24,12 +27,15 @@ from corral.payloads import encode
 from corral.profiles import HardwareFacts, load_profile
 from corral.tls import BrokerTls
 from corral.topics import topic
-from registry.core.config import Settings
+from registry import create_app
+from registry.broker import DEFAULT_REGISTRY_USER, Listener
+from registry.core.config import AgentBroker, Settings
 from registry.errors import ConfigError
 from registry.mqtt import MqttBridge
 from tests.corral.pki import Pki, Subscriber, make_pki, start_tls_broker
-from tests.registry.conftest import wait_for
-from tests.registry.mosquitto import Mosquitto
+from tests.registry.conftest import serve, wait_for
+from tests.registry.mosquitto import Mosquitto, free_port
+from tests.registry.test_broker import SERVICE_PASSWORD, start_secured
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTHING_INSTALLED = {"model": None, "version": None, "profile": None}
@@ -189,7 +195,130 @@ def test_an_unreadable_ca_file_fails_enrolment_before_the_token_is_spent(
     assert answer.json()["mqtt"]["ca_pem"] == good.read_text()
 
 
+def test_agents_get_their_own_tls_listener_while_the_registry_keeps_a_plain_one(
+    tmp_path: Path, database_url: str, pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The listeners `corral registry broker-files --devices-listener 127.0.0.1:P
+    # --tls-certfile ... --registry-listener 127.0.0.1:Q` declares.
+    devices = Listener(
+        free_port(), "127.0.0.1", certfile=pki.cert("server"), keyfile=pki.key("server")
+    )
+    secured = start_secured(tmp_path / "broker", devices)
+    for name, value in {
+        "CORRAL_MQTT_PORT": str(secured.broker.registry_port),
+        "CORRAL_MQTT_USERNAME": DEFAULT_REGISTRY_USER,
+        "CORRAL_MQTT_PASSWORD": SERVICE_PASSWORD,
+        "CORRAL_AGENT_MQTT_HOST": "localhost",  # a name in the broker's certificate
+        "CORRAL_AGENT_MQTT_PORT": str(devices.port),
+        "CORRAL_AGENT_MQTT_TLS": "true",
+        "CORRAL_AGENT_MQTT_CA_FILE": str(pki.ca),
+    }.items():
+        monkeypatch.setenv(name, value)
+    try:
+        with serve(tmp_path, database_url) as registry:
+            registry.wait_for(registry.context.bridge.connected.is_set, what="the registry")
+            assert registry.context.bridge.tls is None  # the registry's own link stays plain
+            device_id = registry.unique_id("split")
+            token = registry.admin.post("/api/v1/enrolment-tokens", json={}).json()["token"]
+            profile = load_profile(ROOT / "firmware-profiles" / "x86-cpu.toml")
+            data_dir = tmp_path / "agent"
+            config = enrol(
+                registry.url, token, device_id, data_dir, HardwareFacts(arch="x86_64"), profile
+            )
+            assert (config.mqtt_host, config.mqtt_port) == ("localhost", devices.port)
+            assert config.broker_tls == BrokerTls(ca_file=data_dir / MQTT_CA_FILE)
+            assert (data_dir / MQTT_CA_FILE).read_bytes() == pki.ca.read_bytes()
+            with registry.context.sessions() as session:
+                secured.write(session)
+            secured.broker.reload()  # the link retries until the broker has reread them
+
+            outbox = Outbox(data_dir, device_id)
+            link = AgentLink(
+                device_id,
+                config.mqtt_host,
+                config.mqtt_port,
+                outbox,
+                username=device_id,
+                password=config.device_token,
+                tls=config.broker_tls,
+            )
+            try:
+                link.start()
+                assert link.wait_connected(30), link.last_error
+                link.publish("telemetry", TELEMETRY)
+                registry.wait_for(lambda: reported(registry, device_id), 30, "the registry")
+            finally:
+                link.stop()
+                outbox.close()
+    finally:
+        secured.broker.stop()
+
+
 # --- settings ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        pytest.param({}, AgentBroker("b", 1884, False, None), id="the-registrys-own"),
+        pytest.param(
+            {"agent_mqtt_host": "broker.example", "agent_mqtt_port": 1883},
+            AgentBroker("broker.example", 1883, False, None),
+            id="another-address",
+        ),
+        pytest.param(
+            {"mqtt_tls": True, "mqtt_ca_file": "CA"},
+            AgentBroker("b", 1884, True, "CA"),
+            id="both-tls-one-ca",
+        ),
+        pytest.param(
+            {"agent_mqtt_port": 8883, "agent_mqtt_tls": True, "agent_mqtt_ca_file": "CA"},
+            AgentBroker("b", 8883, True, "CA"),
+            id="agents-tls-registry-plain",
+        ),
+        pytest.param(
+            {"agent_mqtt_tls": True}, AgentBroker("b", 1884, True, None), id="agents-system-cas"
+        ),
+        pytest.param(
+            {"mqtt_tls": True, "mqtt_ca_file": "CA", "agent_mqtt_tls": False},
+            AgentBroker("b", 1884, False, None),
+            id="registry-tls-agents-plain",
+        ),
+    ],
+)
+def test_agents_are_told_the_registrys_broker_unless_told_another(
+    tmp_path: Path, pki: Pki, fields: dict[str, Any], expected: AgentBroker
+) -> None:
+    def ca(value: Any) -> Any:
+        return pki.ca if value == "CA" else value
+
+    settings = Settings(
+        data_dir=tmp_path,
+        mqtt_host="b",
+        mqtt_port=1884,
+        **{name: ca(value) for name, value in fields.items()},
+    )
+    assert settings.agent_broker() == AgentBroker(
+        expected.host, expected.port, expected.tls, ca(expected.ca_file)
+    )
+    if expected.ca_file:
+        assert settings.broker_ca_pem() == pki.ca.read_text()
+    else:
+        assert settings.broker_ca_pem() is None
+
+
+def test_a_ca_for_agents_who_do_not_speak_tls_is_refused_at_start(tmp_path: Path, pki: Pki) -> None:
+    settings = Settings(data_dir=tmp_path, mqtt_port=1, agent_mqtt_ca_file=pki.ca)
+    with pytest.raises(ConfigError, match="CORRAL_AGENT_MQTT_CA_FILE set but agents do not"):
+        create_app(settings)
+
+
+def test_an_unreadable_agents_ca_file_is_named(tmp_path: Path) -> None:
+    settings = Settings(
+        data_dir=tmp_path, agent_mqtt_tls=True, agent_mqtt_ca_file=tmp_path / "gone.pem"
+    )
+    with pytest.raises(ConfigError, match=r"gone\.pem \(CORRAL_AGENT_MQTT_CA_FILE\)"):
+        settings.broker_ca_pem()
 
 
 def test_plain_settings_hand_out_no_ca(tmp_path: Path) -> None:

@@ -2,9 +2,9 @@
 
 ``registry`` (with ``database_url``: SQLite and PostgreSQL) and ``broker`` are
 those of tests/registry/conftest.py; ``secured`` (a Mosquitto of the test's own,
-configured only by the password and ACL files ``registry.broker`` writes) is
-tests/registry/test_broker.py's. ``site`` adds what an attack needs around the
-registry:
+configured only by the files ``registry.broker`` writes: password and ACL files,
+the devices' listener and the registry's) is tests/registry/test_broker.py's.
+``site`` adds what an attack needs around the registry:
 
 - ``site.wire``: a man in the middle (:mod:`tests.security.wire`) between
   every agent of the site and the registry, doing nothing until a test says;

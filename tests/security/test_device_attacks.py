@@ -1,8 +1,9 @@
 """Attacks by a device, or by someone holding one device's credentials.
 
 Every test runs on SQLite and on PostgreSQL, against a Mosquitto of its own
-that knows only what ``registry.broker`` wrote into its password and ACL files
-(``secured``), with the registry's MQTT bridge logged in to it. Devices are
+that knows only what ``registry.broker`` wrote into its password, ACL and
+configuration files (``secured``: devices on their own listener, where every
+client id is the device id), with the registry's MQTT bridge logged in to it. Devices are
 enrolled and updated by the agent's own code (``agent.enrol``, ``agent.updater``)
 where the attack goes through them.
 
@@ -183,25 +184,23 @@ def test_a_device_cannot_log_in_to_the_broker_as_another(
             client.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap (docs/broker.md, 'Known gap: client ids'): Mosquitto lets any device "
-    "take another's client id, which disconnects the other; closing it needs "
-    "use_username_as_clientid on a devices-only listener",
-)
 def test_a_device_cannot_knock_another_off_the_broker_with_its_client_id(
     site: Site, secured: Secured, two: tuple[Any, Any]
 ) -> None:
     a, b = two
     b_client = Client(secured.broker.port, b.id, b.token, client_id=f"corral-agent-{b.id}")
-    a_client = Client(secured.broker.port, a.id, a.token, client_id=f"corral-agent-{b.id}")
     try:
         assert b_client.connect() == ACCEPTED
-        a_client.connect()
-        b_client.publish(topic(b.id, "telemetry"), telemetry(b.id, 1))  # b is still there
-        assert b_client.disconnects == 0
+        # b's id as its agent sends it, and as the broker files it (its user name).
+        for seq, stolen in enumerate((f"corral-agent-{b.id}", b.id), start=1):
+            a_client = Client(secured.broker.port, a.id, a.token, client_id=stolen)
+            try:
+                assert a_client.connect() == ACCEPTED  # a logs in, as itself
+                b_client.publish(topic(b.id, "telemetry"), telemetry(b.id, seq))  # b is still there
+                assert b_client.disconnects == 0, stolen
+            finally:
+                a_client.close()
     finally:
-        a_client.close()
         b_client.close()
 
 

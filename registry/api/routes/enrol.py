@@ -7,8 +7,9 @@ device is created with a fresh random token, of which again only the hash is
 kept, and its hash in Mosquitto's format for the broker's password file
 (``registry.broker``). The device starts with the site, group and tags the
 token was made with. The answer carries what the agent needs from then on:
-its token, the broker (with TLS, the broker's CA certificate, so nobody copies
-it onto the park computer by hand), and the TUF root it pins. Both steps are
+its token, the broker as agents reach it (``Settings.agent_broker``: with TLS,
+the broker's CA certificate, so nobody copies it onto the park computer by
+hand), and the TUF root it pins. Both steps are
 written to the audit log in their own transaction (the enrolment as
 ``device:<id>``).
 """
@@ -100,11 +101,10 @@ def enrol(body: EnrolRequest, context: ContextDep, session: SessionDep) -> Enrol
         ConfigError: the broker's CA file cannot be read (checked before the token is spent).
     """
     settings = context.settings
+    # The agents' broker address, which may be a listener of their own (docs/broker.md).
+    broker = settings.agent_broker()
     mqtt = MqttEndpoint(
-        host=settings.mqtt_host,
-        port=settings.mqtt_port,
-        tls=settings.mqtt_tls,
-        ca_pem=settings.broker_ca_pem(),
+        host=broker.host, port=broker.port, tls=broker.tls, ca_pem=settings.broker_ca_pem()
     )
     now = utcnow()
     row = session.scalar(
