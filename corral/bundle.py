@@ -40,6 +40,8 @@ _MAX_BUNDLE_JSON = 16 * 1024 * 1024
 _PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+#: A variant name: lowercase, digits, '.', '_', '-' (e.g. ``trt-fp16-rtx-4090-trt10.3``).
+_VARIANT = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
 
 def _require(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
@@ -223,6 +225,11 @@ class BundleFile:
             raise BundleError(f"bundle file {self.name!r}: sha256 must be 64 lowercase hex digits")
         if self.length < 0:
             raise BundleError(f"bundle file {self.name!r}: length must not be negative")
+        if not isinstance(self.variant, str) or not _VARIANT.match(self.variant):
+            raise BundleError(
+                f"bundle file {self.name!r}: variant {self.variant!r} should be 1-64 lowercase "
+                "letters, digits, '.', '_' or '-', starting with a letter or digit"
+            )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> BundleFile:

@@ -7,13 +7,14 @@ carrying the registry's own ``detail`` message.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from corral.bundle import BUNDLE_FILE, Bundle
+from corral.bundle import BUNDLE_FILE, Bundle, BundleFile, file_digest
 from corral.errors import ApiError, BundleError
 from corral.targets import file_target
 
@@ -103,6 +104,36 @@ class RegistryClient:
         finally:
             for h in handles:
                 h.close()
+
+    def add_variant(self, name: str, version: str, entry: BundleFile, path: Path) -> dict[str, Any]:
+        """Add a derived variant's file to an existing version; the registry signs it.
+
+        Args:
+            name: the model.
+            version: its version.
+            entry: the file's bundle entry (name, digest, length, variant, extras).
+            path: the file; checked against ``entry`` before it is sent.
+
+        Raises:
+            BundleError: the file does not match ``entry``.
+            ApiError: the registry refused it (404: no such version; 409: the variant
+                or file name exists; 422: a bad entry or a file that does not match it).
+        """
+        digest, length = file_digest(path)
+        if (digest, length) != (entry.sha256, entry.length):
+            raise BundleError(
+                f"{path} has SHA-256 {digest[:12]}… and {length} bytes, the entry says "
+                f"{entry.sha256[:12]}… and {entry.length}; rebuild the variant"
+            )
+        with Path(path).open("rb") as handle:
+            return dict(
+                self._call(
+                    "POST",
+                    f"/api/v1/models/{name}/{version}/variants",
+                    data={"entry": json.dumps(entry.to_dict())},
+                    files=[("file", (entry.name, handle, "application/octet-stream"))],
+                )
+            )
 
     def models(self) -> list[dict[str, Any]]:
         """Every registered model version."""

@@ -18,6 +18,8 @@ action                      target                      details
 ``device.update``           the device id               changed fields
 ``device.revoke``           the device id               ``reason``
 ``model.push``              ``<name>/<version>``        ``files``, ``bundle_sha256``
+``model.variant``           ``<name>/<version>``        ``variant``, ``file``, ``sha256``,
+                                                        ``bundle_sha256``
 ``rollout.create``          ``rollout:<id>``            ``model``, ``version``, ``devices``
 ``alias.move``              ``<name>/<alias>``          ``from``, ``to``, ``reason``
 ==========================  ==========================  =========================

@@ -72,6 +72,7 @@ __all__ = [
     "SeqStats",
     "ShadowRef",
     "ShadowRequest",
+    "VariantAdded",
 ]
 
 
@@ -232,6 +233,16 @@ class ModelPushed(BaseModel):
     name: str
     version: str
     files: list[str]
+
+
+class VariantAdded(BaseModel):
+    """Answer to adding a derived variant to a version."""
+
+    name: str
+    version: str
+    variant: str
+    file: str
+    bundle_sha256: str
 
 
 class ModelSummary(BaseModel):

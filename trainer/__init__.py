@@ -10,6 +10,8 @@ The flow, one module per step::
     metrics.py  accuracy, per-class precision/recall/F1, confusion, drift baseline
     lineage.py  dataset version, code commit, hyperparameters, library versions
     quantize.py optional INT8 variant (ONNX Runtime static quantization), checked
+    trt.py      TensorRT variants of a pushed version (EP-context models), for one GPU
+    parity.py   a derived variant against fp32 in ONNX Runtime: max diff, top-1 agreement
     export.py   ONNX export, ONNX Runtime parity check, bundle directory
     report.py   report.json, report.md and pictures beside the bundle
     search.py   grid/random hyperparameter search, chosen on the validation split
@@ -49,14 +51,17 @@ if _TYPE_CHECKING:
     from trainer.errors import (
         DatasetError,
         DistributedError,
+        EngineBuildError,
         ExportError,
         ParentModelError,
         ParityError,
         QuantizationError,
+        TensorRTUnavailableError,
         TrackingError,
         TrainConfigError,
         TrainerError,
         UnsafePickleError,
+        VariantParityError,
     )
     from trainer.export import (
         ExportReport,
@@ -78,6 +83,7 @@ if _TYPE_CHECKING:
         softmax,
     )
     from trainer.model import AnimalNet
+    from trainer.parity import ParityReport, check_variant_parity, compare_outputs
     from trainer.pipeline import Packaged, TrainingData, load_training_data, train_and_package
     from trainer.quantize import Int8Report, quantize_int8
     from trainer.report import write_report
@@ -100,6 +106,7 @@ if _TYPE_CHECKING:
         predict_logits,
         train_model,
     )
+    from trainer.trt import TensorRTInfo, TrtVariant, build_trt_variant, probe
 
 _WHERE = {
     "data": (
@@ -121,14 +128,17 @@ _WHERE = {
     "errors": (
         "DatasetError",
         "DistributedError",
+        "EngineBuildError",
         "ExportError",
         "ParentModelError",
         "ParityError",
         "QuantizationError",
+        "TensorRTUnavailableError",
         "TrackingError",
         "TrainConfigError",
         "TrainerError",
         "UnsafePickleError",
+        "VariantParityError",
     ),
     "export": (
         "ExportReport",
@@ -151,6 +161,7 @@ _WHERE = {
     ),
     "model": ("AnimalNet",),
     "pipeline": ("Packaged", "TrainingData", "load_training_data", "train_and_package"),
+    "parity": ("ParityReport", "check_variant_parity", "compare_outputs"),
     "quantize": ("Int8Report", "quantize_int8"),
     "report": ("write_report",),
     "retraining": (
@@ -164,6 +175,7 @@ _WHERE = {
     "search": ("SearchResult", "Trial", "run_search"),
     "source": ("ANIMAL_CLASSES", "load_animal_mnist", "restricted_loads"),
     "tracking": ("MlflowTracker", "NullTracker", "Tracker", "open_tracker"),
+    "trt": ("TensorRTInfo", "TrtVariant", "build_trt_variant", "probe"),
     "train": (
         "EpochStats",
         "TrainConfig",
@@ -183,6 +195,7 @@ __all__ = [
     "Dataset",
     "DatasetError",
     "DistributedError",
+    "EngineBuildError",
     "EpochStats",
     "Evaluation",
     "ExportError",
@@ -195,9 +208,12 @@ __all__ = [
     "Parent",
     "ParentModelError",
     "ParityError",
+    "ParityReport",
     "QuantizationError",
     "Sample",
     "SearchResult",
+    "TensorRTInfo",
+    "TensorRTUnavailableError",
     "Tracker",
     "TrackingError",
     "TrainConfig",
@@ -206,13 +222,18 @@ __all__ = [
     "TrainerError",
     "TrainingData",
     "Trial",
+    "TrtVariant",
     "UnsafePickleError",
+    "VariantParityError",
     "build_dataset",
+    "build_trt_variant",
     "check_bundle_identity",
     "check_labels",
     "check_output_dir",
     "check_parity",
+    "check_variant_parity",
     "code_version",
+    "compare_outputs",
     "content_hash",
     "dataset_summary",
     "dependency_versions",
@@ -237,6 +258,7 @@ __all__ = [
     "parse_classes",
     "predict_logits",
     "preprocess",
+    "probe",
     "process_group",
     "quantize_int8",
     "reliability",

@@ -9,31 +9,42 @@
     │                          weights that do not reproduce its golden outputs)
     ├── ExportError            the trained model could not be written as a bundle
     │   ├── ParityError        ONNX Runtime and PyTorch disagree on the same inputs
-    │   └── QuantizationError  the INT8 variant loses too much accuracy
+    │   ├── QuantizationError  the INT8 variant loses too much accuracy
+    │   ├── EngineBuildError   TensorRT could not build an engine from the fp32 model
+    │   └── VariantParityError a TensorRT variant strays too far from fp32
+    ├── TensorRTUnavailableError  this machine has no NVIDIA GPU / CUDA / TensorRT,
+    │                          or an onnxruntime without its TensorRT provider
     ├── TrackingError          the MLflow tracking server or store refused or failed
     └── DistributedError       the training processes could not meet or disagree
 
-``TrainConfigError`` is the user's to fix (the CLI exits with code 2); the others
-mean the environment, the data or the trainer itself is at fault (exit code 1).
+``TrainConfigError`` is the user's to fix (the CLI exits with code 2), and so is
+``TensorRTUnavailableError`` (run on a machine that has what it names); the
+others mean the environment, the data or the trainer itself is at fault (exit
+code 1).
 Registry failures while fetching a parent model stay ``corral.errors.ApiError``
 and ``BundleError``, raised by the shared client.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from corral.errors import CorralError
 
 __all__ = [
     "DatasetError",
     "DistributedError",
+    "EngineBuildError",
     "ExportError",
     "ParentModelError",
     "ParityError",
     "QuantizationError",
+    "TensorRTUnavailableError",
     "TrackingError",
     "TrainConfigError",
     "TrainerError",
     "UnsafePickleError",
+    "VariantParityError",
 ]
 
 
@@ -105,3 +116,32 @@ class QuantizationError(ExportError):
         )
         self.delta_points = delta_points
         self.limit_points = limit_points
+
+
+class EngineBuildError(ExportError):
+    """ONNX Runtime's TensorRT provider could not build or dump an engine for the model."""
+
+
+class VariantParityError(ExportError):
+    """A built variant's outputs differ from the fp32 model's beyond its precision's tolerance.
+
+    ``corral model build-trt --force`` publishes it anyway.
+
+    Attributes:
+        report: the parity report (``trainer.parity.ParityReport.to_dict``).
+    """
+
+    def __init__(self, report: dict[str, Any]) -> None:
+        needed = float(report["tolerance"]["min_top1_agreement"])
+        super().__init__(
+            f"the {report['precision']} variant differs from fp32 by up to "
+            f"{report['max_abs_diff']:.3g} (limit {report['limit']:.3g}) and agrees on the top "
+            f"class for {100 * report['top1_agreement']:.1f} % of {report['samples']} golden "
+            f"samples (at least {100 * needed:.1f} % needed); it is not published: try fp16 "
+            "instead of int8, or pass --force to publish it anyway"
+        )
+        self.report = report
+
+
+class TensorRTUnavailableError(TrainerError):
+    """This machine cannot build TensorRT engines; the message says what is missing."""

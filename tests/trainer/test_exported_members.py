@@ -19,6 +19,7 @@ MODULES = [
     "lineage",
     "metrics",
     "model",
+    "parity",
     "pipeline",
     "quantize",
     "report",
@@ -27,6 +28,7 @@ MODULES = [
     "source",
     "tracking",
     "train",
+    "trt",
 ]
 
 
