@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 import onnxruntime as ort
 
+from agent.engines import CUDA, TRT, EngineKey, provider_options, tensorrt_version
 from agent.errors import RuntimeLoadError, SmokeTestError
 from corral.bundle import Bundle, InputSpec
 
@@ -104,7 +107,11 @@ class ModelRuntime:
     """An ONNX Runtime session for one bundle, ready to run batches."""
 
     def __init__(
-        self, bundle: Bundle, session: ort.InferenceSession, variant: str = "fp32"
+        self,
+        bundle: Bundle,
+        session: ort.InferenceSession,
+        variant: str = "fp32",
+        io_binding: bool | None = None,
     ) -> None:
         self.bundle = bundle
         self.session = session
@@ -113,6 +120,12 @@ class ModelRuntime:
         self.preprocess = Preprocessor(bundle.input)
         self.input_name = session.get_inputs()[0].name
         self.output_name = session.get_outputs()[0].name
+        on_gpu = self.providers[0] in (TRT, CUDA)
+        self._binding = (
+            _Binding(session, "cuda" if on_gpu else "cpu")
+            if (on_gpu if io_binding is None else io_binding)
+            else None
+        )
 
     @classmethod
     def load(
@@ -122,30 +135,53 @@ class ModelRuntime:
         providers: Sequence[str] = ("CPUExecutionProvider",),
         variant: str = "fp32",
         intra_op_threads: int = 1,
+        precision: str = "fp32",
+        engine_root: Path | None = None,
     ) -> ModelRuntime:
         """Build a session for ``bundle``'s ``variant`` file in ``model_dir``.
+
+        Args:
+            bundle: the bundle.
+            model_dir: the folder holding its files.
+            providers: the firmware profile's execution providers, best first.
+            variant: which of the bundle's model files.
+            intra_op_threads: ONNX Runtime's threads for one operator.
+            precision: the profile's precision (TensorRT builds fp16 engines for fp16).
+            engine_root: where TensorRT engines are kept between starts
+                (``agent.engines``); None builds them afresh each load.
 
         Raises:
             RuntimeLoadError: the file is missing or ONNX Runtime cannot load it.
         """
-        path = Path(model_dir) / bundle.model_file(variant).name
-        available = set(ort.get_available_providers())
-        chosen = [p for p in providers if p in available] or ["CPUExecutionProvider"]
+        entry = bundle.model_file(variant)
+        path = Path(model_dir) / entry.name
+        chosen = provider_options(
+            providers, precision, engine_root, lambda: _engine_key(entry.sha256, precision)
+        )
         options = ort.SessionOptions()
         options.intra_op_num_threads = max(0, intra_op_threads)
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        started = time.monotonic()
         try:
             session = ort.InferenceSession(str(path), sess_options=options, providers=chosen)
         except Exception as e:  # onnxruntime raises its own untyped errors
             raise RuntimeLoadError(
                 f"ONNX Runtime cannot load {path.name} of {bundle.name} {bundle.version}: {e}"
             ) from e
-        logger.info("loaded %s %s with %s", bundle.name, bundle.version, session.get_providers())
+        logger.info(
+            "loaded %s %s with %s in %.2f s",
+            bundle.name,
+            bundle.version,
+            session.get_providers(),
+            time.monotonic() - started,
+        )
         return cls(bundle, session, variant)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Run a preprocessed batch (N x C x H x W float32); return N x classes scores."""
+        if self._binding is not None:
+            return self._binding.run(self.input_name, self.output_name, batch)
         out = self.session.run([self.output_name], {self.input_name: batch})[0]
         return np.asarray(out, dtype=np.float32)
 
@@ -186,3 +222,52 @@ class ModelRuntime:
                 "is wrong"
             )
         return worst
+
+
+def _engine_key(model_sha256: str, precision: str) -> EngineKey:
+    # Imported here: hardware probing is only needed when TensorRT is used.
+    from agent.hardware import detect_facts
+
+    facts = detect_facts()
+    return EngineKey(
+        model_sha256=model_sha256,
+        precision=precision,
+        gpu=facts.gpus[0] if facts.gpus else "unknown",
+        driver=facts.driver_version or "unknown",
+        onnxruntime=ort.__version__,
+        tensorrt=tensorrt_version(),
+    )
+
+
+class _Binding:
+    """IO binding with buffers kept between batches, one pair per batch size.
+
+    On a GPU the input buffer lives on the device: each batch is copied into
+    it in place and the session reads it there, with no allocation per batch;
+    the scores (a few numbers a frame) come back into a host buffer. On the
+    CPU the same path runs, which is how the tests check it against
+    ``session.run``.
+    """
+
+    def __init__(self, session: ort.InferenceSession, device: str) -> None:
+        self._session = session
+        self._device = device
+        self._buffers: dict[tuple[int, ...], tuple[ort.OrtValue, ort.OrtValue, Any]] = {}
+
+    def run(self, input_name: str, output_name: str, batch: np.ndarray) -> np.ndarray:
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        buffers = self._buffers.get(batch.shape)
+        if buffers is None:
+            probe = self._session.run([output_name], {input_name: batch})[0]
+            into = ort.OrtValue.ortvalue_from_shape_and_type(
+                batch.shape, np.float32, self._device, 0
+            )
+            out = ort.OrtValue.ortvalue_from_shape_and_type(probe.shape, np.float32, "cpu", 0)
+            binding = self._session.io_binding()
+            binding.bind_ortvalue_input(input_name, into)
+            binding.bind_ortvalue_output(output_name, out)
+            buffers = self._buffers[batch.shape] = (into, out, binding)
+        into, out, binding = buffers
+        into.update_inplace(batch)
+        self._session.run_with_iobinding(binding)
+        return np.array(out.numpy(), dtype=np.float32)  # a copy: the buffer is reused

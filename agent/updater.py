@@ -193,9 +193,21 @@ RuntimeLoader = Callable[[Bundle, Path, str, FirmwareProfile], LoadedModel]
 
 
 def load_onnx_runtime(
-    bundle: Bundle, path: Path, variant: str, profile: FirmwareProfile
+    bundle: Bundle,
+    path: Path,
+    variant: str,
+    profile: FirmwareProfile,
+    engine_root: Path | None = None,
 ) -> ModelRuntime:
     """The default :data:`RuntimeLoader`: ONNX Runtime with the profile's providers.
+
+    Args:
+        bundle: the bundle.
+        path: the folder holding its files.
+        variant: which model file.
+        profile: the firmware profile (providers, precision, threads).
+        engine_root: where TensorRT engines are kept (``agent.engines``); the
+            updater passes ``{data_dir}/engines``.
 
     Raises:
         RuntimeLoadError: ONNX Runtime cannot load the file.
@@ -206,6 +218,8 @@ def load_onnx_runtime(
         providers=profile.execution_providers,
         variant=variant,
         intra_op_threads=profile.intra_op_threads,
+        precision=profile.precision,
+        engine_root=engine_root,
     )
 
 
@@ -334,7 +348,7 @@ class Updater:
         self.profile = profile
         self.max_model_bytes = max_model_bytes
         self.require_golden = require_golden
-        self.runtime_loader: RuntimeLoader = runtime_loader or load_onnx_runtime
+        self.runtime_loader: RuntimeLoader = runtime_loader or self._load_onnx
         self._owns_fetcher = fetcher is None
         self._fetcher: FetcherInterface = fetcher or HttpxFetcher(
             config.device_token,
@@ -390,7 +404,14 @@ class Updater:
         Raises:
             RuntimeLoadError: ONNX Runtime cannot load the file.
         """
-        return load_onnx_runtime(slot.bundle, slot.path, slot.variant, self.profile)
+        return self._load_onnx(slot.bundle, slot.path, slot.variant, self.profile)
+
+    def _load_onnx(
+        self, bundle: Bundle, path: Path, variant: str, profile: FirmwareProfile
+    ) -> ModelRuntime:
+        return load_onnx_runtime(
+            bundle, path, variant, profile, engine_root=self.config.data_dir / "engines"
+        )
 
     def rollback(self) -> Slot:
         """Make the previous slot current again (and the current one previous).
