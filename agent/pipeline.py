@@ -26,6 +26,8 @@ belongs to exactly one model version; windows closed by swaps wait in
 :meth:`Pipeline.closed_windows`. Besides windows, the pipeline keeps the
 running model's statistics since its swap (:meth:`Pipeline.since_swap`), on
 which the service judges a new model's health budget (``agent.health``).
+A window's memory does not grow with its frame rate: latencies go into a
+fixed-size sample (``agent.latency``), counts into preallocated arrays.
 
 While no model is loaded the loop takes nothing: cameras keep capturing and
 their overwritten frames count as drops.
@@ -45,6 +47,7 @@ import numpy as np
 
 from agent.camera import Camera, Frame
 from agent.health import RunStats
+from agent.latency import LatencySample
 from agent.runtime import ModelRuntime, classify
 from agent.shadow import Shadow
 
@@ -52,9 +55,9 @@ __all__ = ["HIST_BINS", "Pipeline", "SwapRecord", "Window"]
 
 logger = logging.getLogger(__name__)
 
-#: Bins of the confidence histogram, over [0, 1].
 #: How many recent unlabelled frames accept late ground truth through feedback().
 RECENT_FRAMES = 4096
+#: Bins of the confidence histogram, over [0, 1].
 HIST_BINS = 10
 _WAIT_S = 0.1
 
@@ -81,7 +84,7 @@ class Window:
     batches: int = 0
     errors: int = 0
     drops: int = 0
-    latencies: list[float] = field(default_factory=list)
+    latencies: LatencySample = field(default_factory=LatencySample)
     class_counts: np.ndarray = field(init=False)
     hist: np.ndarray = field(default_factory=lambda: np.zeros(HIST_BINS, dtype=np.int64))
     labelled: int = 0
@@ -118,14 +121,16 @@ class Window:
         end = time.monotonic() if now is None else now
         window_s = max(end - self.started, 1e-6)
         latency: dict[str, float | None]
-        if self.latencies:
-            p50, p95, p99 = np.percentile(np.asarray(self.latencies), (50, 95, 99))
+        percentiles = self.latencies.percentiles((50, 95, 99))
+        mean = self.latencies.mean()
+        if percentiles is not None and mean is not None:
+            p50, p95, p99 = percentiles
             latency = {
-                "p50": round(float(p50), 3),
-                "p95": round(float(p95), 3),
-                "p99": round(float(p99), 3),
-                "mean": round(float(np.mean(self.latencies)), 3),
-                "max": round(float(np.max(self.latencies)), 3),
+                "p50": round(p50, 3),
+                "p95": round(p95, 3),
+                "p99": round(p99, 3),
+                "mean": round(mean, 3),
+                "max": round(self.latencies.maximum, 3),
             }
         else:
             latency = {"p50": None, "p95": None, "p99": None, "mean": None, "max": None}
@@ -536,7 +541,7 @@ class Pipeline:
                     continue
                 frame = frames[i]
                 latency_ms = (done - frame.captured) * 1000.0
-                window.latencies.append(latency_ms)
+                window.latencies.add(latency_ms)
                 since.add_latency(latency_ms)
                 prediction = int(predictions[i])
                 if frame.label is None:

@@ -47,6 +47,7 @@ import numpy as np
 from agent.backoff import InstallBackoff
 from agent.camera import Frame
 from agent.errors import AgentError, UpdateError
+from agent.latency import LatencySample
 from agent.runtime import ModelRuntime, classify
 from agent.slots import Slot, Slots
 from corral.bundle import InputSpec
@@ -88,8 +89,8 @@ class _Counts:
     errors: int = 0
     agree: int = 0
     batches: int = 0
-    run_ms: list[float] = field(default_factory=list)
-    current_run_ms: list[float] = field(default_factory=list)
+    run_ms: LatencySample = field(default_factory=LatencySample)
+    current_run_ms: LatencySample = field(default_factory=LatencySample)
     class_counts: dict[str, int] = field(default_factory=dict)
     labelled: int = 0
     correct: int = 0
@@ -98,14 +99,14 @@ class _Counts:
     only_current_correct: int = 0
 
 
-def _ms(values: list[float]) -> dict[str, float | None]:
-    if not values:
+def _ms(sample: LatencySample) -> dict[str, float | None]:
+    mean, percentiles = sample.mean(), sample.percentiles((95,))
+    if mean is None or percentiles is None:
         return {"mean": None, "p95": None, "total": 0.0}
-    array = np.asarray(values)
     return {
-        "mean": round(float(array.mean()), 4),
-        "p95": round(float(np.percentile(array, 95)), 4),
-        "total": round(float(array.sum()), 4),
+        "mean": round(mean, 4),
+        "p95": round(percentiles[0], 4),
+        "total": round(sample.total, 4),
     }
 
 
@@ -258,8 +259,8 @@ class Shadow:
         with self._cond:
             c = self._counts
             c.batches += 1
-            c.run_ms.append(run_ms)
-            c.current_run_ms.append(batch.current_run_ms)
+            c.run_ms.add(run_ms)
+            c.current_run_ms.add(batch.current_run_ms)
             for i in range(n):
                 current = (
                     batch.current_labels[int(batch.predictions[i])] if batch.finite[i] else None

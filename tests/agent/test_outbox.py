@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -124,3 +126,34 @@ def test_precious_messages_stay_even_over_the_budget(tmp_path: Path) -> None:
         outbox.put("events", {"event": "installed", "message": f"{i}"})
     assert outbox.count_pending() == 5 and outbox.dropped == 0
     outbox.close()
+
+
+def _sqlite_memory_used() -> Callable[[], int]:
+    """SQLite's own count of the heap it holds, read from the library Python's sqlite3 uses."""
+    maps = Path("/proc/self/maps")
+    libraries = {
+        line.split()[-1]
+        for line in (maps.read_text().splitlines() if maps.exists() else [])
+        if "libsqlite3" in line.rsplit("/", 1)[-1]
+    }
+    if len(libraries) != 1:
+        pytest.skip("sqlite3 is not one shared libsqlite3 here (statically linked, or no /proc)")
+    lib = ctypes.CDLL(libraries.pop())
+    lib.sqlite3_memory_used.restype = ctypes.c_int64
+    return lambda: int(lib.sqlite3_memory_used())
+
+
+def test_the_page_cache_stays_small_while_the_file_grows_to_keep_sent(tmp_path: Path) -> None:
+    # SQLite's default 2 MiB cache grew with the file for the agent's first half
+    # hour (until keep_sent rows were kept) and read as a leak in the soak.
+    memory_used = _sqlite_memory_used()
+    box = Outbox(tmp_path, "dev-1", keep_sent=1000, durable=False)
+    box.mark_sent(box.put("telemetry", TELEMETRY))
+    before = memory_used()
+    chips = {f"chip{c}": 50.0 + c for c in range(24)}  # about an inference body's size
+    for i in range(1500):
+        box.mark_sent(box.put("telemetry", {**_telemetry(i), "temperatures": chips}))
+    grown = memory_used() - before
+    box.close()  # checkpoints the WAL into the file
+    assert (tmp_path / "outbox.db").stat().st_size > 512 * 1024, "the file outgrew the cache"
+    assert grown < 192 * 1024, f"SQLite holds {grown} bytes more after 1500 messages"

@@ -74,16 +74,25 @@ class FakeUpdater:
 
 
 class Registry:
-    """Serves GET /api/v1/devices/{id}/desired and records the Authorization headers."""
+    """Serves GET /api/v1/devices/{id}/desired; records the Authorization headers and
+    the client's address of each request (its port tells one connection from another).
 
-    def __init__(self) -> None:
+    Args:
+        keep_alive: speak HTTP/1.1 and keep connections open, as uvicorn does.
+    """
+
+    def __init__(self, keep_alive: bool = False) -> None:
         self.desired: dict[str, Any] = {"model": None, "version": None}
         self.auth: list[str | None] = []
+        self.peers: list[tuple[str, int]] = []
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1" if keep_alive else "HTTP/1.0"
+
             def do_GET(self) -> None:  # noqa: N802 (http.server's name)
                 outer.auth.append(self.headers.get("Authorization"))
+                outer.peers.append(self.client_address)
                 body = json.dumps(outer.desired).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -295,6 +304,26 @@ def test_poll_fallback_installs_over_the_model_installed_at_start(
         watcher.close()
     assert registry.auth and set(registry.auth) == {"Bearer device-secret"}
     assert updater.calls == [("tiny", "1.1.0")]
+
+
+def test_the_desired_poll_keeps_one_connection_to_the_registry(
+    tmp_path: Path, device_id: str
+) -> None:
+    # A request per poll through httpx.get built a client, and an SSL context
+    # loaded with the whole CA bundle, every poll; left to the cycle collector,
+    # they piled up and fragmented the heap (the agent.rss_slope_mb_per_h soak).
+    registry = Registry(keep_alive=True)
+    updater = FakeUpdater(tmp_path / "models", bad=set(), current="1.0.0")
+    registry.desired = {"model": "tiny", "version": "1.0.0"}
+    service = make_service(tmp_path, device_id, registry, updater, poll_s=0.05)
+    service.start()
+    try:
+        assert wait_for(lambda: len(registry.peers) >= 5)
+    finally:
+        service.stop()
+        registry.close()
+    assert len(set(registry.peers)) == 1, f"{len(set(registry.peers))} connections"
+    assert set(registry.auth) == {"Bearer device-secret"}
 
 
 def test_a_shadow_candidate_is_compared_then_dropped_when_promoted(
