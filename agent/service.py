@@ -113,17 +113,14 @@ DesiredPoll = Callable[[], tuple[str | None, str | None] | None]
 
 
 def _load_runtime(
-    bundle: Bundle, path: Path, profile: FirmwareProfile, variant: str | None
+    bundle: Bundle, path: Path, profile: FirmwareProfile, variant: str | None, engine_root: Path
 ) -> ModelRuntime:
     variants = {f.variant for f in bundle.files}
     chosen = variant or (profile.variant if profile.variant in variants else "fp32")
-    return ModelRuntime.load(
-        bundle,
-        path,
-        providers=profile.execution_providers,
-        variant=chosen,
-        intra_op_threads=profile.intra_op_threads,
-    )
+    # The same loader as the updater's, engine cache included: a restart finds its engine.
+    from agent.updater import load_onnx_runtime
+
+    return load_onnx_runtime(bundle, path, chosen, profile, engine_root=engine_root)
 
 
 class AgentService:
@@ -390,7 +387,9 @@ class AgentService:
         else:
             bundle, path, variant = current.bundle, current.path, getattr(current, "variant", None)
         try:
-            runtime = _load_runtime(bundle, Path(path), self.profile, variant)
+            runtime = _load_runtime(
+                bundle, Path(path), self.profile, variant, self.config.data_dir / "engines"
+            )
         except AgentError as e:
             logger.error("installed model %s %s does not load: %s", bundle.name, bundle.version, e)
             return None, f"installed model {bundle.name} {bundle.version} does not load: {e}"
