@@ -112,24 +112,9 @@ def test_enrolment_hands_out_the_broker_ca_and_the_agent_reports_over_tls(
     assert (config.mqtt_host, config.mqtt_port) == ("127.0.0.1", tls_broker.port)
 
     bridge = tls_bridge(registry)
-    outbox = Outbox(data_dir, device_id)
-    link = AgentLink(
-        device_id,
-        config.mqtt_host,
-        config.mqtt_port,
-        outbox,
-        username=device_id,
-        password=config.device_token,
-        tls=config.broker_tls,
-    )
     try:
-        link.start()
-        assert link.wait_connected(30), link.last_error
-        link.publish("telemetry", TELEMETRY)
-        registry.wait_for(lambda: reported(registry, device_id), 30, "the registry to see it")
+        _report_through_the_broker(registry, config, data_dir, device_id)
     finally:
-        link.stop()
-        outbox.close()
         bridge.stop()
 
 
@@ -232,24 +217,7 @@ def test_agents_get_their_own_tls_listener_while_the_registry_keeps_a_plain_one(
                 secured.write(session)
             secured.broker.reload()  # the link retries until the broker has reread them
 
-            outbox = Outbox(data_dir, device_id)
-            link = AgentLink(
-                device_id,
-                config.mqtt_host,
-                config.mqtt_port,
-                outbox,
-                username=device_id,
-                password=config.device_token,
-                tls=config.broker_tls,
-            )
-            try:
-                link.start()
-                assert link.wait_connected(30), link.last_error
-                link.publish("telemetry", TELEMETRY)
-                registry.wait_for(lambda: reported(registry, device_id), 30, "the registry")
-            finally:
-                link.stop()
-                outbox.close()
+            _report_through_the_broker(registry, config, data_dir, device_id)
     finally:
         secured.broker.stop()
 
@@ -363,3 +331,27 @@ def test_a_ca_file_that_is_not_pem_is_refused_before_it_is_handed_out(
     settings = Settings(data_dir=tmp_path, mqtt_tls=True, mqtt_ca_file=pki.key("ca"))
     with pytest.raises(ConfigError, match="is not a PEM CA certificate"):
         settings.broker_ca_pem()
+
+
+def _report_through_the_broker(
+    registry: Any, config: AgentConfig, data_dir: Path, device_id: str
+) -> None:
+    """The enrolled agent's link connects as ``config`` says and its report reaches the registry."""
+    outbox = Outbox(data_dir, device_id)
+    link = AgentLink(
+        device_id,
+        config.mqtt_host,
+        config.mqtt_port,
+        outbox,
+        username=device_id,
+        password=config.device_token,
+        tls=config.broker_tls,
+    )
+    try:
+        link.start()
+        assert link.wait_connected(30), link.last_error
+        link.publish("telemetry", TELEMETRY)
+        registry.wait_for(lambda: reported(registry, device_id), 30, "the registry to see it")
+    finally:
+        link.stop()
+        outbox.close()
