@@ -199,6 +199,19 @@ def test_every_setting_named_is_one_the_registry_reads() -> None:
     assert "CORRAL_DATABASE_URL" in _one("Secret", "corral-registry-secrets")["stringData"]
 
 
+def test_agents_are_told_the_brokers_public_address_not_the_clusters() -> None:
+    """Park computers cannot resolve a cluster's Service names; enrolment hands out this."""
+    config = _one("ConfigMap")["data"]
+    settings = Settings(**{
+        key.removeprefix("CORRAL_").lower(): value
+        for key, value in config.items()
+        if key.startswith("CORRAL_") and key != "CORRAL_DATA_DIR"
+    })  # fmt: skip
+    agents = settings.agent_broker()
+    assert not agents.host.endswith((".svc", ".svc.cluster.local", ".cluster.local")), agents
+    assert agents.tls, "agents reach the broker over the internet: TLS"
+
+
 def test_the_job_migrates_and_the_deployment_serves_with_commands_that_exist() -> None:
     from registry.cli import app
 
