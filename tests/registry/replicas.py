@@ -1,6 +1,6 @@
 """Registry replicas sharing ingest: broker checks, clean-up, and the audit of what they stored.
 
-Shared by ``tests/registry/test_replicas.py`` (30 s, two replicas in the test's
+Shared by ``tests/registry/test_replicas.py`` (12 s, two replicas in the test's
 process, raw MQTT publishers) and ``scripts/benchmarks/ingest.py`` (5 minutes,
 two replica processes, simulated agents). Both end the same way: the devices
 say which ``(device_id, seq)`` the broker acknowledged to them, and

@@ -1,7 +1,7 @@
 """Two registry replicas on one PostgreSQL database share ingest (MQTT 5 shared subscription).
 
 Against the real Mosquitto on 127.0.0.1:1883 and the real PostgreSQL: 200
-devices publish for 30 seconds (``CORRAL_TEST_INGEST_S``), one window every
+devices publish for 12 seconds (``CORRAL_TEST_INGEST_S``), one window every
 two seconds each, alternating ``inference`` and ``accuracy``; the broker hands
 each message to one replica. Every ``(device, seq)`` the broker acknowledged to
 its device ends up stored exactly once and folded into its device's summary
@@ -11,7 +11,7 @@ replica processes, is ``scripts/bench ingest.two_replicas``.
 
 The devices are plain paho clients with the real payload encoder, not
 simulated agents: 200 agents would need 200 enrolments with TUF roots and a
-rollout before they report anything, which is most of a 30-second budget on a
+rollout before they report anything, which would be most of the test's time on a
 two-core machine; what is under test here is the replicas' side.
 Nothing here is timed: the rate is only there to make the replicas race. It
 stays well under what two replicas store on a loaded two-core machine,
@@ -49,7 +49,7 @@ from tests.registry.replicas import audit_ingest, forget_session, mqtt5_problem
 pytestmark = pytest.mark.postgres
 
 DEVICES = 200
-DURATION_S = float(os.environ.get("CORRAL_TEST_INGEST_S", "30"))
+DURATION_S = float(os.environ.get("CORRAL_TEST_INGEST_S", "12"))
 INTERVAL_S = 2.0  # each device: one window every two seconds, 100 messages a second in all
 FRAMES = 10
 
