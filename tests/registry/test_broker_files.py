@@ -125,19 +125,27 @@ def test_an_unsafe_registry_account_is_refused(
     assert not (tmp_path / "out" / "passwd").exists()
 
 
-def test_broker_files_command_writes_the_files_and_says_who_was_left_out(
+def _broker_files_command(
     registry: Any, tmp_path: Path
-) -> None:
-    a, r = enrol(registry, "a"), enrol(registry, "r")
-    assert registry.admin.post(f"/api/v1/devices/{r.id}/revoke").status_code == 200
+) -> tuple[dict[str, str | None], list[str], Path]:
+    """``corral registry broker-files``: environment, arguments and output folder."""
     settings = registry.context.settings
-    env = {
+    env: dict[str, str | None] = {
         "CORRAL_DATABASE_URL": settings.sqlalchemy_url,
         "CORRAL_MQTT_PASSWORD": SERVICE_PASSWORD,
         "COLUMNS": "300",
     }
     out = tmp_path / "broker"
     args = ["broker-files", "--out", str(out), "--data-dir", str(settings.data_dir)]
+    return env, args, out
+
+
+def test_broker_files_command_writes_the_files_and_says_who_was_left_out(
+    registry: Any, tmp_path: Path
+) -> None:
+    a, r = enrol(registry, "a"), enrol(registry, "r")
+    assert registry.admin.post(f"/api/v1/devices/{r.id}/revoke").status_code == 200
+    env, args, out = _broker_files_command(registry, tmp_path)
     result = CliRunner(env=env).invoke(registry_cli, args)
 
     assert result.exit_code == 0, result.output
@@ -261,14 +269,7 @@ def test_a_listener_is_port_or_address_and_port(spec: str, expected: Listener) -
 
 def test_broker_files_command_declares_the_two_listeners(registry: Any, tmp_path: Path) -> None:
     enrol(registry, "a")
-    settings = registry.context.settings
-    env = {
-        "CORRAL_DATABASE_URL": settings.sqlalchemy_url,
-        "CORRAL_MQTT_PASSWORD": SERVICE_PASSWORD,
-        "COLUMNS": "300",
-    }
-    out = tmp_path / "broker"
-    args = ["broker-files", "--out", str(out), "--data-dir", str(settings.data_dir)]
+    env, args, out = _broker_files_command(registry, tmp_path)
     listeners = ["--devices-listener", "8883", "--registry-listener", "127.0.0.1:1884"]
     tls = ["--tls-certfile", "b.pem", "--tls-keyfile", "b.key"]
     result = CliRunner(env=env).invoke(registry_cli, args + listeners + tls)
