@@ -10,11 +10,13 @@
     └── UpdateError            an update was refused or failed; carries a ``reason`` code
         ├── VerificationError  TUF or the bundle check refused what was downloaded
         ├── DownloadError      the registry could not be reached or sent an error
+        │   └── RegistryBusyError  the registry said busy (429, 503 with Retry-After)
         └── SmokeTestError     the new model gave wrong answers on its golden samples
 
 Every ``UpdateError`` has a short machine-readable ``reason`` (``verification``,
-``download``, ``incompatible``, ``smoke_test``, ``install``, ``timeout``) that goes into
-the ``events`` payload, and a message that says what to do.
+``download``, ``registry_busy``, ``incompatible``, ``smoke_test``, ``install``,
+``timeout``) that goes into the ``events`` payload, and a message that says what
+to do.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ __all__ = [
     "DownloadError",
     "EnrolmentError",
     "ImageInputError",
+    "RegistryBusyError",
     "RuntimeLoadError",
     "SmokeTestError",
     "UpdateError",
@@ -85,6 +88,22 @@ class DownloadError(UpdateError):
     """The registry could not be reached, or answered with an error."""
 
     reason = "download"
+
+
+class RegistryBusyError(DownloadError):
+    """The registry answered "busy, come back later" (429, or 503 with ``Retry-After``).
+
+    Args:
+        message: what happened and what the agent does next.
+        reason: the reason code; default ``registry_busy``.
+        retry_after_s: the wait the registry asked for (0.0 when it named none).
+    """
+
+    reason = "registry_busy"
+
+    def __init__(self, message: str, reason: str | None = None, retry_after_s: float = 0.0) -> None:
+        super().__init__(message, reason)
+        self.retry_after_s = retry_after_s
 
 
 class SmokeTestError(UpdateError):

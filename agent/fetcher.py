@@ -4,6 +4,8 @@ TUF's updater asks this fetcher for bytes and checks everything it gets (length
 caps, hashes, signatures), so this module only moves bytes and maps failures
 onto TUF's exceptions::
 
+    HTTP 429, or 503 with Retry-After      -> BusyHTTPError (a DownloadHTTPError
+                                              with the registry's retry_after_s)
     HTTP status >= 400 (after redirects)   -> tuf DownloadHTTPError(status_code)
     httpx timeouts, total deadline passed  -> tuf SlowRetrievalError
     other httpx errors (connect, TLS, ...) -> tuf DownloadError
@@ -63,8 +65,9 @@ from tuf.api import exceptions
 from tuf.ngclient.fetcher import FetcherInterface
 
 import corral
+from agent.backoff import busy_wait_s
 
-__all__ = ["FetchStats", "HttpxFetcher"]
+__all__ = ["BusyHTTPError", "FetchStats", "HttpxFetcher"]
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +95,23 @@ class FetchStats:
     body_bytes: int = 0
     resumed: int = 0
     restarted: int = 0
+
+
+class BusyHTTPError(exceptions.DownloadHTTPError):
+    """The registry said busy (429, or 503 with ``Retry-After``; see :func:`busy_wait_s`).
+
+    A TUF ``DownloadHTTPError``, so that ngclient passes it through unchanged;
+    the updater turns it into ``RegistryBusyError``.
+
+    Args:
+        message: the URL and the answer.
+        status_code: 429 or 503.
+        retry_after_s: the wait the registry asked for (0.0 when it named none).
+    """
+
+    def __init__(self, message: str, status_code: int, retry_after_s: float) -> None:
+        super().__init__(message, status_code)
+        self.retry_after_s = retry_after_s
 
 
 class _BrokenError(Exception):
@@ -191,6 +211,14 @@ class HttpxFetcher(FetcherInterface):
         if response.status_code >= 300 and not (offset and response.status_code == 416):
             # 3xx left over after following redirects is as useless as an error.
             response.close()
+            busy = busy_wait_s(response.status_code, response.headers)
+            if busy is not None:
+                raise BusyHTTPError(
+                    f"{url}: HTTP {response.status_code}, the registry is busy "
+                    f"(retry after {busy:g} s)",
+                    response.status_code,
+                    busy,
+                )
             raise exceptions.DownloadHTTPError(
                 f"{url}: HTTP {response.status_code}", response.status_code
             )
@@ -206,6 +234,7 @@ class HttpxFetcher(FetcherInterface):
             An iterator over the body's chunks.
 
         Raises:
+            BusyHTTPError: the registry said busy (429, 503 with ``Retry-After``).
             tuf.api.exceptions.DownloadHTTPError: the server answered an HTTP error.
             tuf.api.exceptions.SlowRetrievalError: a timeout passed.
             tuf.api.exceptions.DownloadError: the server could not be reached.
@@ -275,6 +304,7 @@ class HttpxFetcher(FetcherInterface):
 
         Raises:
             tuf.api.exceptions.DownloadLengthMismatchError: more than ``max_length`` bytes.
+            BusyHTTPError: the registry said busy (429, 503 with ``Retry-After``).
             tuf.api.exceptions.DownloadHTTPError: the server answered an HTTP error.
             tuf.api.exceptions.SlowRetrievalError: a timeout passed.
             tuf.api.exceptions.DownloadError: the download failed; a partial file stays.

@@ -16,7 +16,7 @@ Threads and what they own::
 
     camera-*     capture → LatestFrame slots
     pipeline     batches → ModelRuntime → statistics windows
-    reconciler   desired (MQTT hint, or HTTP poll every poll_interval_s) vs installed →
+    reconciler   desired (MQTT hint, or HTTP poll every poll_interval_s ± 10 %) vs installed →
                  Updater.install → Pipeline.swap → events + status; one install at a time;
                  then the new model's health budget, and a local rollback when it fails;
                  then the shadow candidate the hint names, if any (agent.shadow)
@@ -28,6 +28,12 @@ Installs never run on the pipeline thread: the pipeline keeps serving the old
 model until the new one is loaded and smoke-tested, then switches between two
 batches. A failed version is retried only after a backoff that doubles with
 each failure, so a bad release cannot make the agent loop.
+
+A busy registry (429, or 503 with ``Retry-After``; ``agent.backoff``) is
+obeyed: the next poll waits at least what it asked for (capped at 10 min, plus
+up to 10 % so a fleet told the same number comes back spread out), and a
+download it turned away fails the install with reason ``registry_busy`` and
+waits the longer of that and the install backoff.
 
 Local rollback (``agent.health``): after a swap the new model is on probation;
 the reconciler checks its statistics every ``health_check_s``. NaN outputs, a
@@ -58,9 +64,9 @@ import httpx
 
 import corral
 from agent.api import LocalApi
-from agent.backoff import InstallBackoff
+from agent.backoff import InstallBackoff, busy_wait_s, jitter
 from agent.camera import Camera, parse_camera
-from agent.errors import AgentError, SmokeTestError, UpdateError
+from agent.errors import AgentError, RegistryBusyError, SmokeTestError, UpdateError
 from agent.health import HealthBudget, Rejections, RunStats, Verdict, judge
 from agent.lock import DataDirLock
 from agent.mqtt import AgentLink
@@ -72,6 +78,7 @@ from agent.slots import Slots
 from agent.systemd import Notifier
 from agent.telemetry import Nvml, sample_telemetry
 from corral.bundle import Bundle
+from corral.payloads import installed_event
 from corral.profiles import FirmwareProfile
 
 __all__ = ["AgentService", "InstallBackoff"]
@@ -132,7 +139,8 @@ class AgentService:
         config: the configuration; None loads ``{data_dir}/agent.json``.
         profile: the firmware profile; None chooses it from the config and hardware.
         updater: installs models; None builds ``agent.updater.Updater``.
-        poll_desired: returns the desired (model, version), or None when unknown;
+        poll_desired: returns the desired (model, version), or None when unknown,
+            or raises ``RegistryBusyError`` to be asked again later;
             None polls ``{registry}/api/v1/devices/{id}/desired`` over HTTP.
         retry_backoff_s: the first wait before a failed version is tried again.
         nvml: the GPU telemetry reader; None uses pynvml when installed.
@@ -459,6 +467,10 @@ class AgentService:
         """(desired, the rest of the answer), or None when the registry did not answer.
 
         A ``poll_desired`` seam knows no shadow or variant: the hint's stay as they are.
+
+        Raises:
+            RegistryBusyError: the registry said busy (429, or 503 with a valid
+                ``Retry-After``); any other failure is logged and gives None.
         """
         if self._poll_desired is not None:
             polled = self._poll_desired()
@@ -473,6 +485,12 @@ class AgentService:
             response = self._http_client().get(
                 url, headers={"Authorization": f"Bearer {self.config.device_token}"}
             )
+            busy = busy_wait_s(response.status_code, response.headers)
+            if busy is not None:
+                raise RegistryBusyError(
+                    f"polling {url}: HTTP {response.status_code}, the registry is busy",
+                    retry_after_s=busy,
+                )
             response.raise_for_status()
             data = response.json()
         except (httpx.HTTPError, ValueError) as e:
@@ -504,9 +522,19 @@ class AgentService:
         next_poll = time.monotonic()
         while not self._stop.is_set():
             if time.monotonic() >= next_poll:
-                next_poll = time.monotonic() + interval
+                # ± 10 %: agents started together (a site's power cut) drift apart.
+                next_poll = time.monotonic() + jitter(interval)
                 gen = self._desired_gen
-                polled = self._poll()
+                try:
+                    polled = self._poll()
+                except RegistryBusyError as e:
+                    # Counted from its answer; a wait shorter than the interval changes nothing.
+                    polled = None
+                    after = time.monotonic() + jitter(e.retry_after_s, low=0.0)
+                    next_poll = max(next_poll, after)
+                    logger.warning(
+                        "%s; next poll in %.1f s", e, max(0.0, next_poll - time.monotonic())
+                    )
                 # A hint that arrived while the poll was in flight is newer: keep it.
                 if polled is not None and gen == self._desired_gen:
                     self._desired = polled[0]
@@ -582,17 +610,17 @@ class AgentService:
             key, time.monotonic(), before.p95() if before.model is not None else None
         )
         self.installs += 1
-        smoke = getattr(result, "smoke_max_diff", None)
-        self._event(
-            "installed",
-            f"installed {result.model} {result.version} in {result.seconds:.2f} s",
-            model=result.model,
-            version=result.version,
-            seconds=round(float(result.seconds), 3),
-            smoke_diff=None if smoke is None else float(smoke),
-            swap_ms=round(swap_ms, 3),
-        )
         assert self.link is not None
+        self.link.publish(
+            "events",
+            installed_event(
+                result.model,
+                result.version,
+                seconds=result.seconds,
+                smoke_diff=getattr(result, "smoke_max_diff", None),
+                swap_ms=swap_ms,
+            ),
+        )
         self.link.publish_status()
 
     # --- health and rollback ------------------------------------------------------

@@ -63,6 +63,7 @@ from agent.updater import Updater
 from corral.bundle import Bundle
 from corral.client import RegistryClient
 from corral.errors import ContractError
+from corral.payloads import installed_event
 from corral.profiles import FirmwareProfile, HardwareFacts, load_profiles
 from corral.topics import topic
 from corral.version import Version
@@ -461,14 +462,15 @@ class SimulatedAgent:
         self.report()  # the old version's last window
         self.model = result.runtime
         self.installs += 1
-        self._event(
-            "installed",
-            f"installed {result.model} {result.version} in {result.seconds:.2f} s",
-            model=result.model,
-            version=result.version,
-            seconds=round(float(result.seconds), 3),
-            smoke_diff=float(result.smoke_max_diff),
-            swap_ms=0.0,
+        self.link.publish(
+            "events",
+            installed_event(
+                result.model,
+                result.version,
+                seconds=result.seconds,
+                smoke_diff=result.smoke_max_diff,
+                swap_ms=0.0,  # nothing to swap: no pipeline
+            ),
         )
         self.link.publish_status()
 

@@ -74,12 +74,13 @@ import corral
 from agent.config import AgentConfig
 from agent.errors import (
     DownloadError,
+    RegistryBusyError,
     RuntimeLoadError,
     SmokeTestError,
     UpdateError,
     VerificationError,
 )
-from agent.fetcher import HttpxFetcher
+from agent.fetcher import BusyHTTPError, HttpxFetcher
 from agent.runtime import ModelRuntime
 from agent.slots import Slot, Slots
 from corral.bundle import BUNDLE_FILE, Bundle, BundleFile
@@ -123,6 +124,7 @@ _ERROR_MAP: tuple[tuple[type[BaseException], type[UpdateError], str | None, str]
         "the registry sent more bytes than the signed metadata allows",
     ),
     (tuf_errors.SlowRetrievalError, DownloadError, "timeout", "the download timed out"),
+    (BusyHTTPError, RegistryBusyError, None, "the registry is busy"),
     (tuf_errors.DownloadHTTPError, DownloadError, None, "the registry answered with an error"),
     (tuf_errors.DownloadError, DownloadError, None, "the download failed"),
     (
@@ -169,11 +171,15 @@ def _map_error(error: BaseException, model: str, version: str) -> UpdateError | 
         return error
     for kind, agent_kind, reason, what in _ERROR_MAP:
         if isinstance(error, kind):
-            if agent_kind is DownloadError:
+            if issubclass(agent_kind, DownloadError):
                 advice = f"{_KEEPS_RUNNING}; the install will be retried"
             else:
                 advice = f"refused; {_KEEPS_RUNNING}"
-            return agent_kind(f"{model} {version}: {what}: {error} ({advice})", reason)
+            mapped = agent_kind(f"{model} {version}: {what}: {error} ({advice})", reason)
+            if isinstance(mapped, RegistryBusyError) and isinstance(error, BusyHTTPError):
+                # The wait the registry asked for goes on to InstallBackoff.
+                mapped.retry_after_s = error.retry_after_s
+            return mapped
     return None
 
 
@@ -454,6 +460,8 @@ class Updater:
             VerificationError: TUF or the bundle check refused something (reason
                 ``verification``), or the version is not in the signed metadata
                 (reason ``not_found``).
+            RegistryBusyError: the registry said busy (reason ``registry_busy``),
+                with the wait it asked for in ``retry_after_s``.
             DownloadError: the registry could not be reached or answered an error
                 (reason ``download``, or ``timeout``).
             SmokeTestError: the model's golden outputs are wrong (reason ``smoke_test``).

@@ -24,7 +24,7 @@ from corral.errors import (
     ProfileError,
     VersionError,
 )
-from corral.payloads import Message, decode, encode, utc_now
+from corral.payloads import Message, decode, encode, installed_event, utc_now
 from corral.profiles import (
     FirmwareProfile,
     HardwareFacts,
@@ -63,6 +63,7 @@ __all__ = [
     "encode",
     "file_digest",
     "file_target",
+    "installed_event",
     "load_profile",
     "load_profiles",
     "parse_topic",

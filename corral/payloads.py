@@ -25,7 +25,7 @@ from typing import Any
 from corral.errors import PayloadError
 from corral.topics import AGENT_KINDS, REGISTRY_KINDS, check_device_id
 
-__all__ = ["MAX_PAYLOAD_BYTES", "Message", "decode", "encode", "utc_now"]
+__all__ = ["MAX_PAYLOAD_BYTES", "Message", "decode", "encode", "installed_event", "utc_now"]
 
 MAX_PAYLOAD_BYTES = 256 * 1024
 
@@ -72,6 +72,41 @@ _STATES = ("online", "offline")
 def utc_now() -> str:
     """The current UTC time as ISO 8601 with milliseconds and a Z."""
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def installed_event(
+    model: str, version: str, *, seconds: float, smoke_diff: float | None, swap_ms: float
+) -> dict[str, Any]:
+    """The body of the ``events`` payload that says a model version was installed.
+
+    One builder for every sender (the agent, the fleet simulator), so the
+    registry (which reads ``model`` and ``version``: rollouts, model cards) sees
+    one shape.
+
+    Args:
+        model: the model's name.
+        version: the version now running.
+        seconds: how long the install took.
+        smoke_diff: the largest difference from the golden outputs in the smoke
+            test; None when it was not measured.
+        swap_ms: how long the pipeline took to switch to it.
+
+    Returns:
+        ``{"event": "installed", "message", "model", "version", "seconds",
+        "smoke_diff", "swap_ms"}``, times rounded to the millisecond.
+
+    Raises:
+        Nothing.
+    """
+    return {
+        "event": "installed",
+        "message": f"installed {model} {version} in {seconds:.2f} s",
+        "model": model,
+        "version": version,
+        "seconds": round(float(seconds), 3),
+        "smoke_diff": None if smoke_diff is None else float(smoke_diff),
+        "swap_ms": round(swap_ms, 3),
+    }
 
 
 @dataclass

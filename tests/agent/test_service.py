@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -74,8 +75,9 @@ class FakeUpdater:
 
 
 class Registry:
-    """Serves GET /api/v1/devices/{id}/desired; records the Authorization headers and
-    the client's address of each request (its port tells one connection from another).
+    """Serves GET /api/v1/devices/{id}/desired; records the Authorization headers,
+    the client's address (its port tells one connection from another) and the
+    ``time.monotonic()`` of each request.
 
     Args:
         keep_alive: speak HTTP/1.1 and keep connections open, as uvicorn does.
@@ -85,14 +87,32 @@ class Registry:
         self.desired: dict[str, Any] = {"model": None, "version": None}
         self.auth: list[str | None] = []
         self.peers: list[tuple[str, int]] = []
+        self.times: list[float] = []
+        #: (status, headers) to answer instead of ``desired``, one per request, in
+        #: order (a busy registry's problem answers). The headers are all that is
+        #: sent besides the body's: no automatic ``Date``, so a test can set its own.
+        self.answers: list[tuple[int, dict[str, str]]] = []
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1" if keep_alive else "HTTP/1.0"
 
             def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                outer.times.append(time.monotonic())
                 outer.auth.append(self.headers.get("Authorization"))
                 outer.peers.append(self.client_address)
+                if outer.answers:
+                    status, headers = outer.answers.pop(0)
+                    problem = {"title": "Service Unavailable", "status": status}
+                    body = json.dumps(problem).encode()
+                    self.send_response_only(status)
+                    for name, value in headers.items():
+                        self.send_header(name, value)
+                    self.send_header("Content-Type", "application/problem+json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
                 body = json.dumps(outer.desired).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")

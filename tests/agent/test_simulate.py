@@ -147,6 +147,11 @@ def test_twenty_simulated_agents_roll_out_without_seq_gaps(local: LocalFleet) ->
             detail = client.device(device_id)
             assert detail["seq"]["missing"] == 0, (device_id, detail["seq"])
             assert detail["seq"]["min"] == 0
+            # The service's installed event (corral.payloads.installed_event), no swap.
+            installed = [e["data"] for e in detail["events"] if e["event"] == "installed"]
+            assert installed, device_id
+            assert {"model", "version", "seconds", "smoke_diff", "swap_ms"} <= set(installed[0])
+            assert installed[0]["model"] == "tiny" and installed[0]["swap_ms"] == 0.0
         for device_id in crashy:
             detail = client.device(device_id)
             assert detail["version"] == "1.0.0"

@@ -12,7 +12,14 @@ import pytest
 from tuf.api import exceptions as tuf_errors
 
 from agent.config import AgentConfig
-from agent.errors import DownloadError, SmokeTestError, UpdateError, VerificationError
+from agent.errors import (
+    DownloadError,
+    RegistryBusyError,
+    SmokeTestError,
+    UpdateError,
+    VerificationError,
+)
+from agent.fetcher import BusyHTTPError
 from agent.updater import InstallResult, Updater, _map_error
 from corral.bundle import BundleError, BundleFile
 from corral.profiles import FirmwareProfile, load_profile
@@ -303,11 +310,56 @@ def test_an_unreachable_registry_is_a_download_error(
 
 
 @pytest.mark.parametrize(
+    ("where", "answer", "expected", "reason", "retry_after_s"),
+    [
+        ("model", (503, "2"), RegistryBusyError, "registry_busy", 2.0),
+        ("time", (503, "1"), RegistryBusyError, "registry_busy", 1.0),
+        ("timestamp", (429, None), RegistryBusyError, "registry_busy", 0.0),
+        ("model", (503, None), DownloadError, "download", None),
+        ("timestamp", (503, "in a while"), DownloadError, "download", None),
+    ],
+    ids=["model-503", "time-503", "timestamp-429", "503-bare", "503-malformed"],
+)
+def test_a_busy_registry_fails_the_install_with_its_retry_after(
+    updater: Updater,
+    repo: TufRepo,
+    where: str,
+    answer: tuple[int, str | None],
+    expected: type[DownloadError],
+    reason: str,
+    retry_after_s: float | None,
+) -> None:
+    path = {
+        "model": repo.served_target_path(file_target("tiny", "1.0.0", MODEL_FILE)),
+        "time": "/time",
+        "timestamp": "/metadata/timestamp.json",
+    }[where]
+    repo.busy[path] = [answer]
+
+    with pytest.raises(DownloadError) as caught:
+        updater.install("tiny", "1.0.0")
+
+    assert type(caught.value) is expected
+    assert caught.value.reason == reason
+    assert isinstance(caught.value.__cause__, tuf_errors.DownloadHTTPError)
+    assert caught.value.__cause__.status_code == answer[0]
+    if retry_after_s is not None:
+        assert isinstance(caught.value, RegistryBusyError)
+        assert caught.value.retry_after_s == retry_after_s
+        assert "busy" in str(caught.value) and "will be retried" in str(caught.value)
+    assert updater.installed() is None
+    assert leftovers(updater.config.data_dir) == []
+    # The registry answers again: the same install goes through.
+    assert updater.install("tiny", "1.0.0").version == "1.0.0"
+
+
+@pytest.mark.parametrize(
     ("error", "expected", "reason"),
     [
         (tuf_errors.DownloadLengthMismatchError("x"), VerificationError, "verification"),
         (tuf_errors.SlowRetrievalError("x"), DownloadError, "timeout"),
         (tuf_errors.DownloadHTTPError("x", 500), DownloadError, "download"),
+        (BusyHTTPError("x", 503, 2.0), RegistryBusyError, "registry_busy"),
         (tuf_errors.DownloadError("x"), DownloadError, "download"),
         (tuf_errors.ExpiredMetadataError("x"), VerificationError, "verification"),
         (tuf_errors.BadVersionNumberError("x"), VerificationError, "verification"),

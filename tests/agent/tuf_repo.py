@@ -3,9 +3,9 @@
 ``TufRepo`` builds root, targets, snapshot and timestamp metadata with
 python-tuf's Metadata API (ed25519 keys, consistent snapshots, the registry's
 URL layout from docs/contracts.md) and serves them with ``http.server`` in a
-thread. It can publish model versions, expire the timestamp (freeze), and
-tamper with a served file without re-signing (what an attacker on the wire or
-in the blob store could do).
+thread. It can publish model versions, expire the timestamp (freeze), tamper
+with a served file without re-signing (what an attacker on the wire or in the
+blob store could do), and answer "busy" (503 or 429 with ``Retry-After``).
 
 ``make_model`` builds a real ONNX classifier (input ``[N,1,28,28]`` -> Flatten ->
 MatMul -> ``logits [N,2]``) and ``make_bundle`` a real bundle around it whose
@@ -79,6 +79,8 @@ class TufRepo:
         self.files: dict[str, bytes] = {}
         #: (path, Authorization header or None) of every request, in order.
         self.requests: list[tuple[str, str | None]] = []
+        #: ``time.monotonic()`` of every request, in the same order.
+        self.request_times: list[float] = []
         #: when set, requests without ``Bearer <token>`` get 401.
         self.required_token: str | None = None
         #: URL path -> body bytes after which the next responses for it drop the
@@ -98,6 +100,9 @@ class TufRepo:
         self.time_reply: bytes | None = None
         #: when False, ``/time`` answers 404 (a registry without signed time).
         self.serves_time = True
+        #: URL path (without query) -> (status, Retry-After or None) answers to give
+        #: instead of the file, one per request, consumed in order (a busy registry).
+        self.busy: dict[str, list[tuple[int, str | None]]] = {}
         self._sign_root()
         self.targets.signed.version = 0
         self.snapshot.signed.version = 0
@@ -173,10 +178,23 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 (http.server names it)
         auth = self.headers.get("Authorization")
         self.repo.requests.append((self.path, auth))
+        self.repo.request_times.append(time.monotonic())
         if self.repo.required_token and auth != f"Bearer {self.repo.required_token}":
             self.send_error(401)
             return
         path, _, query = self.path.partition("?")
+        busy = self.repo.busy.get(path)
+        if busy:
+            status, retry_after = busy.pop(0)
+            body = b'{"title": "Service Unavailable", "detail": "the registry is busy"}'
+            self.send_response(status)
+            self.send_header("Content-Type", "application/problem+json")
+            self.send_header("Content-Length", str(len(body)))
+            if retry_after is not None:
+                self.send_header("Retry-After", retry_after)
+            self.end_headers()
+            self.wfile.write(body)
+            return
         if path == "/time" and self.repo.serves_time:
             try:
                 answer = self.repo.signed_time(parse_qs(query).get("nonce", [""])[0])

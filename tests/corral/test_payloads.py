@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from corral import PayloadError, decode, encode, parse_topic, topic
+from corral import PayloadError, decode, encode, installed_event, parse_topic, topic
 
 INFERENCE = {
     "window_s": 5.0,
@@ -33,6 +33,33 @@ def test_encode_then_decode_gives_back_the_envelope_and_body() -> None:
     )
     assert message.body == INFERENCE
     assert json.loads(raw)["schema"] == "corral.inference/1"
+
+
+@pytest.mark.parametrize(
+    ("smoke_diff", "swap_ms", "expected"),
+    [
+        (
+            2.5e-05,
+            0.123456,
+            '{"event":"installed","message":"installed tiny 1.1.0 in 0.25 s","model":"tiny",'
+            '"version":"1.1.0","seconds":0.251,"smoke_diff":2.5e-05,"swap_ms":0.123}',
+        ),
+        (
+            None,
+            0.0,
+            '{"event":"installed","message":"installed tiny 1.1.0 in 0.25 s","model":"tiny",'
+            '"version":"1.1.0","seconds":0.251,"smoke_diff":null,"swap_ms":0.0}',
+        ),
+    ],
+    ids=["agent", "no-smoke-diff"],
+)
+def test_the_installed_event_keeps_its_wire_shape(
+    smoke_diff: float | None, swap_ms: float, expected: str
+) -> None:
+    body = installed_event("tiny", "1.1.0", seconds=0.2514, smoke_diff=smoke_diff, swap_ms=swap_ms)
+    # Byte for byte what the agent and the simulator sent before they shared it.
+    assert json.dumps(body, separators=(",", ":")) == expected
+    assert decode("events", encode("events", "park-1", 7, body)).body == body
 
 
 def test_unknown_body_fields_are_kept_for_newer_senders() -> None:
