@@ -357,7 +357,21 @@ def model_build_trt(
     ],
     precision: Annotated[
         str | None,
-        typer.Option(help="fp16 or int8 (calibrated on golden samples); default: the profile's."),
+        typer.Option(help="fp16 or int8 (see --calibration); default: the profile's."),
+    ] = None,
+    calibration: Annotated[
+        Path | None,
+        typer.Option(
+            help="int8: calibrate on these images: a folder (<label>/<image> or flat), a "
+            ".csv/.jsonl manifest (path, label) or a trainer's dataset.json; default: the "
+            "bundle's golden samples, which parity is then measured on too."
+        ),
+    ] = None,
+    calibration_samples: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Calibrate on at most this many images, chosen by content hash [512]."
+        ),
     ] = None,
     force: Annotated[
         bool, typer.Option(help="Publish even when parity with fp32 is outside the tolerance.")
@@ -373,7 +387,8 @@ def model_build_trt(
     Needs an NVIDIA GPU, TensorRT and onnxruntime-gpu with its TensorRT provider; without
     them it says what is missing and exits 2 having changed nothing. Parity with the fp32
     model is measured on the golden samples; outside the tolerance it exits 1 unless
-    --force. Exit 2 also for a bad reference, profile or precision, or a variant that exists.
+    --force. Exit 2 also for a bad reference, profile or precision, a variant that exists,
+    or --calibration data that is missing, empty or unusable (checked before any build).
     """
     import tempfile
 
@@ -390,7 +405,8 @@ def model_build_trt(
         raise _fail(e) from e
     try:
         from trainer import trt
-        from trainer.errors import TrainerError, VariantParityError
+        from trainer.calibration import DEFAULT_SAMPLES, check_calibration_source, load_calibration
+        from trainer.errors import TrainConfigError, TrainerError, VariantParityError
         from trainer.parity import check_variant_parity
     except ImportError as e:
         raise _fail(
@@ -399,9 +415,17 @@ def model_build_trt(
                 "`pip install 'corral[trainer]' onnxruntime-gpu tensorrt`"
             )
         ) from e
+    only_int8 = "--calibration applies to int8 only; pass --precision int8 or leave it out"
     try:
+        # The calibration data's path before the GPU: a typo should not cost a probe.
+        if calibration is not None:
+            if precision is not None and precision != "int8":
+                raise TrainConfigError(only_int8)
+            check_calibration_source(calibration)
         info = trt.probe()
         chosen = trt.check_profile(profiles[profile], info, precision)
+        if calibration is not None and chosen != "int8":
+            raise TrainConfigError(f"{only_int8} (profile {profile} builds {chosen})")
     except TrainerError as e:
         raise _fail(e) from e
     variant = trt.variant_name(chosen, info.gpu, info.tensorrt_version)
@@ -411,7 +435,9 @@ def model_build_trt(
     )
     steps = {
         "fetch": "fetch the fp32 model",
-        "calibrate": "calibrate int8 on the golden samples",
+        "read": f"read the calibration images in {calibration}",
+        "calibrate": "calibrate int8 on "
+        + ("the golden samples" if calibration is None else "the calibration images"),
         "build": "build the TensorRT engine",
         "parity": "compare with fp32 in ONNX Runtime",
         "publish": "publish and sign the variant",
@@ -438,9 +464,36 @@ def model_build_trt(
         bundle = client.fetch_bundle(name, version, work / "bundle")
         if any(f.variant == variant for f in bundle.files):
             raise _fail(CorralError(f"{name} {version} already has the {variant!r} variant"))
+        data = None
+        if calibration is not None:
+            step("read")
+            try:
+                data = load_calibration(
+                    calibration, bundle.input, calibration_samples or DEFAULT_SAMPLES
+                )
+            except TrainConfigError as e:
+                progress.stop()
+                raise _fail(e) from e
+            except TrainerError as e:
+                progress.stop()
+                console.print(f"[red]error:[/red] {e}")
+                raise typer.Exit(1) from e
+            skipped = ", ".join(f"{n} {k}" for k, n in sorted(data.report.problems.items()))
+            progress.console.print(
+                f"calibration: {len(data.hashes)} images of {data.report.listed} listed in "
+                f"{calibration} ({data.report.skipped} skipped{': ' if skipped else ''}{skipped}; "
+                f"{data.report.duplicates} repeated)"
+            )
         try:
             built = trt.build_trt_variant(
-                bundle, work / "bundle", profiles[profile], chosen, info, work / "build", step
+                bundle,
+                work / "bundle",
+                profiles[profile],
+                chosen,
+                info,
+                work / "build",
+                step,
+                calibration=data,
             )
         except TrainerError as e:
             console.print(f"[red]error:[/red] {e}")

@@ -11,6 +11,7 @@ The flow, one module per step::
     lineage.py  dataset version, code commit, hyperparameters, library versions
     quantize.py optional INT8 variant (ONNX Runtime static quantization), checked
     trt.py      TensorRT variants of a pushed version (EP-context models), for one GPU
+    calibration.py  int8 calibration images for trt.py: folder, manifest or dataset.json
     parity.py   a derived variant against fp32 in ONNX Runtime: max diff, top-1 agreement
     export.py   ONNX export, ONNX Runtime parity check, bundle directory
     report.py   report.json, report.md and pictures beside the bundle
@@ -32,6 +33,7 @@ from typing import TYPE_CHECKING as _TYPE_CHECKING
 from typing import Any as _Any
 
 if _TYPE_CHECKING:
+    from trainer.calibration import CalibrationSet, check_calibration_source, load_calibration
     from trainer.data import (
         INPUT_SCALE,
         Dataset,
@@ -49,6 +51,7 @@ if _TYPE_CHECKING:
     )
     from trainer.distributed import process_group
     from trainer.errors import (
+        CalibrationDataError,
         DatasetError,
         DistributedError,
         EngineBuildError,
@@ -109,6 +112,7 @@ if _TYPE_CHECKING:
     from trainer.trt import TensorRTInfo, TrtVariant, build_trt_variant, probe
 
 _WHERE = {
+    "calibration": ("CalibrationSet", "check_calibration_source", "load_calibration"),
     "data": (
         "INPUT_SCALE",
         "Dataset",
@@ -126,6 +130,7 @@ _WHERE = {
     ),
     "distributed": ("process_group",),
     "errors": (
+        "CalibrationDataError",
         "DatasetError",
         "DistributedError",
         "EngineBuildError",
@@ -191,6 +196,8 @@ __all__ = [
     "ANIMAL_CLASSES",
     "INPUT_SCALE",
     "AnimalNet",
+    "CalibrationDataError",
+    "CalibrationSet",
     "ClassMetrics",
     "Dataset",
     "DatasetError",
@@ -228,6 +235,7 @@ __all__ = [
     "build_dataset",
     "build_trt_variant",
     "check_bundle_identity",
+    "check_calibration_source",
     "check_labels",
     "check_output_dir",
     "check_parity",
@@ -248,6 +256,7 @@ __all__ = [
     "lineage_for",
     "list_sources",
     "load_animal_mnist",
+    "load_calibration",
     "load_dataset",
     "load_image",
     "load_parent",

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from corral.bundle import InputSpec
 from trainer.errors import DatasetError, TrainConfigError
 from trainer.source import ANIMAL_CLASSES, load_animal_mnist
 
@@ -454,20 +455,26 @@ def merge_datasets(base: Dataset, extra: Dataset) -> tuple[Dataset, dict[str, in
     return merged, counts
 
 
-def preprocess(images: np.ndarray) -> np.ndarray:
+def preprocess(images: np.ndarray, spec: InputSpec | None = None) -> np.ndarray:
     """Turn uint8 images into the model's float32 NCHW input.
 
-    The same arithmetic as the bundle's InputSpec (scale 1/255, mean 0, std 1),
-    done in float32 as the agent does.
+    Without ``spec``, the trainer's own arithmetic, which the InputSpec of every
+    bundle it writes states (scale 1/255, mean 0, std 1), done in float32 as the
+    agent does. With a bundle's ``spec``, that spec's ``(p * scale - mean[c]) /
+    std[c]`` per channel, and its channel order: ``bgr`` takes RGB images and
+    swaps their channels. For the trainer's own spec both give the same bits.
 
     Args:
-        images: uint8 (N, H, W) gray or (N, H, W, 3) RGB images.
+        images: uint8 (N, H, W) gray or (N, H, W, 3) RGB images, already fitted
+            to the model's input (:func:`fit_image`).
+        spec: a bundle's input spec, or None for the trainer's own.
 
     Returns:
         float32 (N, 1, H, W) or (N, 3, H, W).
 
     Raises:
-        DatasetError: the images are not uint8 (N, H, W) or (N, H, W, 3).
+        DatasetError: the images are not uint8 (N, H, W) or (N, H, W, 3), or not
+            the channels and size ``spec`` says.
     """
     if images.dtype != np.uint8 or not (
         images.ndim == 3 or (images.ndim == 4 and images.shape[3] == 3)
@@ -476,7 +483,19 @@ def preprocess(images: np.ndarray) -> np.ndarray:
             f"expected uint8 (N, H, W) or (N, H, W, 3) images, got {images.dtype} {images.shape}"
         )
     nchw = images[:, np.newaxis] if images.ndim == 3 else images.transpose(0, 3, 1, 2)
-    return np.ascontiguousarray(nchw.astype(np.float32) * np.float32(INPUT_SCALE))
+    if spec is None:
+        return np.ascontiguousarray(nchw.astype(np.float32) * np.float32(INPUT_SCALE))
+    if tuple(nchw.shape[1:]) != spec.sample_shape:
+        raise DatasetError(
+            f"the bundle's input is C x H x W = {spec.sample_shape}, "
+            f"got images of {tuple(nchw.shape[1:])}"
+        )
+    if spec.color == "bgr":
+        nchw = nchw[:, ::-1]
+    mean = np.asarray(spec.mean, dtype=np.float32).reshape(1, -1, 1, 1)
+    std = np.asarray(spec.std, dtype=np.float32).reshape(1, -1, 1, 1)
+    scaled = nchw.astype(np.float32) * np.float32(spec.scale)
+    return np.ascontiguousarray((scaled - mean) / std)
 
 
 def write_image_folder(dataset: Dataset, out: Path, split: str = "test") -> int:

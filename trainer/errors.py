@@ -2,7 +2,8 @@
 
     TrainerError
     ├── TrainConfigError       the caller asked for something impossible (unknown
-    │                          class, bad bundle name or version, busy output dir)
+    │   │                      class, bad bundle name or version, busy output dir)
+    │   └── CalibrationDataError  int8 calibration data is missing, empty or unusable
     ├── DatasetError           the training data is missing, malformed or untrusted
     │   └── UnsafePickleError  a data file's pickle references a forbidden global
     ├── ParentModelError       a model to retrain from cannot be used (no lineage,
@@ -32,6 +33,7 @@ from typing import Any
 from corral.errors import CorralError
 
 __all__ = [
+    "CalibrationDataError",
     "DatasetError",
     "DistributedError",
     "EngineBuildError",
@@ -54,6 +56,15 @@ class TrainerError(CorralError):
 
 class TrainConfigError(TrainerError):
     """The training or bundle settings are invalid; nothing was written."""
+
+
+class CalibrationDataError(TrainConfigError):
+    """The images asked for to calibrate an int8 engine cannot be used; nothing was built.
+
+    The path is missing, lists no image, or every image it lists was skipped. It is
+    the caller's to fix (exit code 2): point at other data, or leave the option out to
+    calibrate on the bundle's golden samples.
+    """
 
 
 class DatasetError(TrainerError):

@@ -22,10 +22,13 @@ before an agent switches to it.
    TensorRT library is found, else :class:`TensorRTUnavailableError`;
    :func:`check_profile`: the firmware profile uses TensorRT, at least the
    version it requires, else :class:`TrainConfigError`.
-2. int8 only: calibrate on the bundle's golden inputs with
+2. int8 only (:func:`calibrate_int8`): calibrate with
    ``onnxruntime.quantization`` (min-max ranges per tensor, on the CPU) and
    write ``calibration.flatbuffers``, the table format the provider reads
-   (``trt_int8_calibration_table_name``, not TensorRT's native one).
+   (``trt_int8_calibration_table_name``, not TensorRT's native one). The inputs
+   are the caller's :class:`trainer.calibration.CalibrationSet` (``--calibration``)
+   or else the bundle's golden inputs; the record says which, and whether parity
+   (always on the golden inputs) was then measured on the calibration data.
 3. One ONNX Runtime session with the TensorRT provider builds the engine: fp16
    always allowed (int8 layers TensorRT cannot run fall back to it), int8 with
    the table, one optimisation profile from batch 1 to the firmware profile's
@@ -61,6 +64,7 @@ import onnxruntime as ort
 
 from corral.bundle import Bundle, BundleFile, file_digest
 from corral.profiles import FirmwareProfile
+from trainer.calibration import CalibrationSet
 from trainer.errors import (
     EngineBuildError,
     ExportError,
@@ -75,6 +79,7 @@ __all__ = [
     "TensorRTInfo",
     "TrtVariant",
     "build_trt_variant",
+    "calibrate_int8",
     "check_profile",
     "parse_tensorrt_version",
     "probe",
@@ -307,6 +312,40 @@ def write_calibration_table(model: Path, inputs: np.ndarray, directory: Path) ->
     return directory / CALIBRATION_TABLE
 
 
+def calibrate_int8(
+    bundle: Bundle, fp32: Path, work_dir: Path, data: CalibrationSet | None = None
+) -> tuple[Path, dict[str, Any]]:
+    """Write the int8 calibration table for ``fp32`` and describe what it was computed on.
+
+    Args:
+        bundle: the version's bundle (its golden inputs are the fallback data).
+        fp32: its fp32 ONNX file.
+        work_dir: where the table goes.
+        data: calibration images read by :func:`trainer.calibration.load_calibration`,
+            or None for the bundle's golden inputs.
+
+    Returns:
+        The table's path, and the variant's ``calibration`` record: ``method``,
+        ``source``, ``samples``, ``skipped`` and ``parity_on_calibration_data``
+        (true for golden inputs: parity then tells little about unseen data).
+
+    Raises:
+        ExportError: no golden samples (without ``data``); calibration failed.
+    """
+    if data is None:
+        inputs = golden_inputs(bundle)
+        record: dict[str, Any] = {
+            "source": {"kind": "golden"},
+            "samples": len(inputs),
+            "skipped": 0,
+            "parity_on_calibration_data": True,
+        }
+    else:
+        inputs, record = data.inputs, data.metadata()
+    table = write_calibration_table(fp32, inputs, work_dir)
+    return table, {"method": "minmax", **record}
+
+
 def _shape(bundle: Bundle, batch: int) -> str:
     c, h, w = bundle.input.sample_shape
     return f"{bundle.input.name}:{batch}x{c}x{h}x{w}"
@@ -386,6 +425,7 @@ def build_trt_variant(
     info: TensorRTInfo,
     work_dir: Path,
     on_step: Callable[[str], None] = lambda _step: None,
+    calibration: CalibrationSet | None = None,
 ) -> TrtVariant:
     """Build, check and describe a TensorRT variant of ``bundle``'s fp32 file.
 
@@ -397,25 +437,29 @@ def build_trt_variant(
         info: what :func:`probe` found.
         work_dir: scratch space; the variant's file is written here.
         on_step: told ``calibrate``, ``build``, ``parity`` as each step starts.
+        calibration: int8 only: the images to calibrate on; by default the golden
+            samples (see :func:`calibrate_int8`).
 
     Returns:
         The file, its entry and the parity report (the caller decides on it).
 
     Raises:
+        TrainConfigError: calibration data given for an fp16 variant.
         ExportError: no golden samples; calibration failed.
         EngineBuildError: TensorRT failed to build the engine.
     """
+    if calibration is not None and precision != "int8":
+        raise TrainConfigError(f"calibration data applies to int8 only, not {precision}")
     fp32 = bundle_dir / bundle.model_file("fp32").name
     inputs = golden_inputs(bundle)
     variant = variant_name(precision, info.gpu, info.tensorrt_version)
     out = work_dir / f"{Path(fp32.name).stem}.{variant}.onnx"
     work_dir.mkdir(parents=True, exist_ok=True)
-    calibration: dict[str, Any] | None = None
+    record: dict[str, Any] | None = None
     table: Path | None = None
     if precision == "int8":
         on_step("calibrate")
-        table = write_calibration_table(fp32, inputs, work_dir)
-        calibration = {"method": "minmax", "samples": len(inputs), "source": "golden"}
+        table, record = calibrate_int8(bundle, fp32, work_dir, calibration)
     on_step("build")
     build_engine(fp32, out, bundle, precision, profile.batch_size, work_dir, table, info.device_id)
     on_step("parity")
@@ -441,7 +485,7 @@ def build_trt_variant(
                 "onnxruntime_version": info.onnxruntime_version,
                 "profile": profile.name,
                 "batch_size": profile.batch_size,
-                "calibration": calibration,
+                "calibration": record,
             },
         },
     )

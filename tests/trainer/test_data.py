@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from corral.bundle import InputSpec
 from trainer.data import (
     Dataset,
     build_dataset,
@@ -261,6 +262,22 @@ def test_preprocessing_scales_pixels_to_zero_one_in_nchw() -> None:
     assert out.dtype == np.float32
     assert out.shape == (1, 1, 2, 2)
     np.testing.assert_allclose(out[0, 0], [[0.0, 1.0], [0.2, 0.4]], atol=1e-7)
+
+
+def test_preprocessing_by_a_bundle_input_spec() -> None:
+    gray = _random_images(3, 5)
+    own = InputSpec(name="input", shape=[None, 1, 28, 28], scale=1 / 255, mean=[0.0], std=[1.0])
+    # The trainer's own spec gives the same bits as its default arithmetic.
+    np.testing.assert_array_equal(preprocess(gray, own), preprocess(gray))
+    rgb = np.random.default_rng(6).integers(0, 256, (2, 4, 4, 3), dtype=np.uint8)
+    mean, std = [0.1, 0.2, 0.3], [0.5, 0.25, 2.0]
+    bgr = InputSpec(name="x", shape=[None, 3, 4, 4], color="bgr", mean=mean, std=std)
+    out = preprocess(rgb, bgr)
+    for c in range(3):  # channel c of the input is channel 2 - c of the RGB pictures
+        want = (rgb[..., 2 - c].astype(np.float64) / 255 - mean[c]) / std[c]
+        np.testing.assert_allclose(out[:, c], want, rtol=1e-6, atol=1e-6)
+    with pytest.raises(DatasetError, match="C x H x W"):
+        preprocess(gray, bgr)
 
 
 def test_test_images_are_written_as_lossless_grayscale_pngs(

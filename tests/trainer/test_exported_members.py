@@ -10,6 +10,7 @@ import pytest
 import trainer
 
 MODULES = [
+    "calibration",
     "cli",
     "data",
     "distributed",
