@@ -1,7 +1,7 @@
 """Staged rollouts end to end: a registry process, the real Mosquitto, simulated agents.
 
 Twelve simulated agents in two cohorts (``ok`` and ``dim``: the dim cameras
-see worse with v1.2.0) run v1.0.0 and report windows at 60 fps. Each test
+see worse with v1.2.0) run v1.0.0 and report windows at 120 fps. Each test
 rolls a version out in stages and checks what the gates decided from what
 the agents reported, and that every device ends on one version, never
 between two:
@@ -35,6 +35,7 @@ from agent.simulate import Cohort, Fleet
 from corral import cli
 from corral.errors import ApiError
 from corral.local import LocalFleet
+from registry.rollout.ab import in_b
 from tests.agent.test_simulate import tiny_bundle
 
 pytestmark = pytest.mark.e2e
@@ -66,11 +67,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalFleet
             for version in ("1.0.0", "1.1.0", "1.2.0", "1.3.0", "1.4.0", "1.5.0"):
                 client.push_model(tiny_bundle(data / version, version))
         cohorts = [
-            Cohort("ok", 0.5, fps=60, accuracy=0.9),
+            Cohort("ok", 0.5, fps=120, accuracy=0.9),
             Cohort(
                 "dim",
                 0.5,
-                fps=60,
+                fps=120,
                 accuracy=0.9,
                 accuracy_by_version={"1.2.0": 0.8},
                 latency_by_version={"1.3.0": 10.0},
@@ -92,7 +93,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalFleet
             with local.client() as client:
                 client.start_rollout("tiny", "1.0.0", fleet.device_ids)
             local.wait_converged("1.0.0", fleet.device_ids, timeout=90)
-            time.sleep(8)  # baseline windows on 1.0.0
+            time.sleep(4)  # baseline windows on 1.0.0
             yield local, fleet
         finally:
             fleet.stop(forget=True)
@@ -274,16 +275,17 @@ def test_an_ab_experiment_reports_the_accuracy_difference_with_an_interval(
 ) -> None:
     local, fleet = world
     dim = [a.device_id for a in fleet.cohort_of("dim")]
+    # A name whose hash splits the dim cohort in halves: the shadow trial after this
+    # one needs half of it on 1.2.0 to see the candidate's edge (one in six would not).
+    name = next(
+        f"dim-{n}"
+        for n in range(1000)
+        if sum(in_b(f"dim-{n}", d, 0.5) for d in dim) == len(dim) // 2
+    )
     body = {"model": "tiny", "a": "1.1.0", "b": "1.2.0", "selector": {"devices": dim}}
     with local.client() as client:
-        for attempt in range(10):  # a name whose hash split leaves both cohorts non-empty
-            try:
-                started = client.start_experiment({**body, "name": f"dim-{attempt}"})
-                break
-            except ApiError as e:
-                assert e.status == 422, e
-    name = started["name"]
-    assert started["a"]["devices"] + started["b"]["devices"] == len(dim)
+        started = client.start_experiment({**body, "name": name, "split": 0.5})
+    assert started["a"]["devices"] == started["b"]["devices"] == len(dim) // 2
 
     def enough() -> bool:
         with local.client() as client:
