@@ -39,7 +39,6 @@ own figure is kept too (``accuracy_window``).
 
 from __future__ import annotations
 
-import bisect
 import logging
 import queue
 import threading
@@ -59,13 +58,13 @@ from corral.payloads import decode
 from corral.topics import parse_topic
 from registry._time import as_utc, utcnow
 from registry.core.db import SessionFactory
+from registry.folded_runs import covers, read_runs
 from registry.mqtt import IncomingMessage
-from registry.tables import Device, Event, FoldedRange, Message
+from registry.tables import Device, Event, Message
 
 __all__ = ["Ingest", "lock_devices"]
 
 #: Per device, the (first, last) seq runs retention folded, sorted.
-_Folded = dict[str, list[tuple[int, int]]]
 
 logger = logging.getLogger(__name__)
 
@@ -182,7 +181,7 @@ class Ingest:
             if ids
             else {}
         )
-        folded = _folded(session, ids)
+        folded = read_runs(session, ids)
         now = utcnow()
         outcome: list[str] = []
         rows: list[dict[str, Any]] = []
@@ -200,7 +199,7 @@ class Ingest:
             elif device.revoked_at is not None:
                 logger.warning("dropped message from revoked device %s", payload.device_id)
                 outcome.append("dropped_revoked")
-            elif key in candidates or _in_runs(folded.get(payload.device_id, []), payload.seq):
+            elif key in candidates or covers(folded.get(payload.device_id, []), payload.seq):
                 # Twice in this batch, or folded by retention long ago: a redelivery.
                 outcome.append("duplicates")
             else:
@@ -289,26 +288,6 @@ def lock_devices(session: Session, device_ids: Iterable[str]) -> list[str]:
         query = select(Device.id).where(Device.id.in_(ids)).order_by(Device.id)
         session.execute(query.with_for_update())
     return ids
-
-
-def _folded(session: Session, device_ids: list[str]) -> _Folded:
-    """The seq runs retention folded for these devices (a few rows each)."""
-    runs: _Folded = {}
-    if device_ids:
-        rows = session.execute(
-            select(FoldedRange.device_id, FoldedRange.first_seq, FoldedRange.last_seq)
-            .where(FoldedRange.device_id.in_(device_ids))
-            .order_by(FoldedRange.device_id, FoldedRange.first_seq)
-        )
-        for device_id, first, last in rows:
-            runs.setdefault(device_id, []).append((first, last))
-    return runs
-
-
-def _in_runs(runs: list[tuple[int, int]], seq: int) -> bool:
-    """Whether ``seq`` lies in one of the sorted, disjoint ``(first, last)`` runs."""
-    at = bisect.bisect_right(runs, seq, key=lambda run: run[0]) - 1
-    return at >= 0 and runs[at][0] <= seq <= runs[at][1]
 
 
 def _insert_new(session: Session, rows: list[dict[str, Any]]) -> Insert:

@@ -16,19 +16,21 @@ The modules, each leaning only on those below it::
     job      Retention: folds, then expires, batch by batch; why a crash is safe
     batches  fold_device, expire_raw: one transaction's share of the job
     buckets  series_buckets: reports folded in, points read out (read_buckets)
-    runs     folded_ranges: which seqs are folded, and MAX_RUNS
     fold     Fold: one bucket's statistics, which merge exactly
     fields   figures, FIELDS, RULES: the numbers a report carries, how each folds
     policy   RetentionPolicy: the settings
+
+and ``registry.folded_runs`` (``folded_ranges``: which seqs are folded, and
+MAX_RUNS), which ingest reads too.
 """
 
+from registry.folded_runs import MAX_RUNS
 from registry.retention.batches import expire_raw, fold_device
 from registry.retention.buckets import BucketPoint, read_buckets
 from registry.retention.fields import FIELDS, RULES, figures
 from registry.retention.fold import Fold
 from registry.retention.job import Retention, RetentionReport
 from registry.retention.policy import RetentionPolicy
-from registry.retention.runs import MAX_RUNS
 
 __all__ = [
     "FIELDS",

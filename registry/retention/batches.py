@@ -17,10 +17,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, delete, select
 from sqlalchemy.orm import Session
 
-from registry.ingest import lock_devices
-from registry.retention.buckets import REPORT_COLUMNS, fold_rows
-from registry.retention.policy import RetentionPolicy
-from registry.retention.runs import (
+from registry.folded_runs import (
     Runs,
     close_oldest_gaps,
     covers,
@@ -29,6 +26,9 @@ from registry.retention.runs import (
     save_runs,
     unfolded,
 )
+from registry.ingest import lock_devices
+from registry.retention.buckets import REPORT_COLUMNS, fold_rows
+from registry.retention.policy import RetentionPolicy
 from registry.tables import Event, Message, SeriesBucket
 
 __all__ = ["expire_raw", "expire_rows", "fold_device"]
@@ -42,7 +42,7 @@ def _fold(
 
     Both in one transaction: that is what makes a report folded exactly once.
     ``caught_up`` (no unfolded report of the device is left) lets the oldest
-    gaps close past :data:`registry.retention.runs.MAX_RUNS`.
+    gaps close past :data:`registry.folded_runs.MAX_RUNS`.
     """
     fold_rows(session, device_id, rows, policy, now)
     merged = merge_runs(runs, (row[0] for row in rows))

@@ -41,10 +41,10 @@ from sqlalchemy.orm import Session
 
 from registry._time import as_utc, utcnow
 from registry.core.db import SessionFactory
+from registry.folded_runs import Runs, read_runs, unfolded
 from registry.periodic import Periodic
 from registry.retention.batches import expire_raw, expire_rows, fold_device
 from registry.retention.policy import RetentionPolicy
-from registry.retention.runs import Runs, read_runs, unfolded
 from registry.tables import Device, Event, Message, SeriesBucket
 
 __all__ = ["Retention", "RetentionReport"]

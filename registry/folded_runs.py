@@ -1,5 +1,9 @@
 """Folded runs: which of a device's seqs are in its buckets (``folded_ranges``).
 
+Read by retention (:mod:`registry.retention`), which folds reports and writes
+the runs, and by ingest (:mod:`registry.ingest`), which ignores a redelivered
+report whose seq is folded though its raw row is gone.
+
 A report is folded exactly when its seq enters one of its device's runs
 (sorted, disjoint, inclusive ``(first, last)`` seqs), in the transaction
 that adds it to its bucket; a seq outside every run is unfolded.
@@ -15,6 +19,7 @@ closed gap counts as a duplicate.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 from collections.abc import Iterable, Sequence
 
@@ -43,6 +48,8 @@ Runs = list[tuple[int, int]]
 def read_runs(session: Session, device_ids: Sequence[str]) -> dict[str, Runs]:
     """Each device's runs, sorted; an empty list for a device with none."""
     runs: dict[str, Runs] = {d: [] for d in device_ids}
+    if not runs:
+        return runs
     rows = session.execute(
         select(FoldedRange.device_id, FoldedRange.first_seq, FoldedRange.last_seq)
         .where(FoldedRange.device_id.in_(device_ids))
@@ -65,8 +72,9 @@ def unfolded(runs: Runs) -> ColumnElement[bool]:
 
 
 def covers(runs: Runs, seq: int) -> bool:
-    """Whether ``seq`` is folded (lies in one of ``runs``)."""
-    return any(first <= seq <= last for first, last in runs)
+    """Whether ``seq`` is folded (lies in one of the sorted, disjoint ``runs``)."""
+    at = bisect.bisect_right(runs, seq, key=lambda run: run[0]) - 1
+    return at >= 0 and runs[at][0] <= seq <= runs[at][1]
 
 
 def merge_runs(runs: Runs, seqs: Iterable[int]) -> Runs:
