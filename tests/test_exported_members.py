@@ -7,7 +7,16 @@ import types
 
 import pytest
 
-PACKAGES = ["corral", "agent", "registry", "trainer"]
+#: The roles' packages, and the registry's subpackages that keep internals behind them.
+PACKAGES = [
+    "corral",
+    "agent",
+    "registry",
+    "trainer",
+    "registry.alerts",
+    "registry.retention",
+    "registry.rollout",
+]
 
 
 @pytest.mark.parametrize("name", PACKAGES)
