@@ -109,12 +109,12 @@ def running_agent(workdir: Path, camera: str) -> Iterator[psutil.Process]:
     Yields:
         The agent's process, once it logged that it runs.
     """
-    from agent.config import AgentConfig
     from agent.updater import Updater
     from corral.profiles import load_profile
     from tests.agent.tuf_repo import (
         MODEL_FILE,
         TufRepo,
+        enrolled,
         make_bundle,
         make_model,
         publish_bundle,
@@ -130,20 +130,16 @@ def running_agent(workdir: Path, camera: str) -> Iterator[psutil.Process]:
     data_dir = workdir / "agent"
     log = workdir / "agent.log"
     with serve_repo(repo) as url:
-        config = AgentConfig(
-            data_dir=data_dir,
+        config = enrolled(
+            data_dir,
+            repo,
+            url,
             device_id=device_id,
             device_token=uuid.uuid4().hex,
-            registry_url=url,
             mqtt_host=BROKER[0],
             mqtt_port=BROKER[1],
-            metadata_url=f"{url}/metadata/",
-            targets_url=f"{url}/targets/",
             profile="x86-cpu",
         )
-        config.tuf_metadata_dir.mkdir(parents=True)
-        (config.tuf_metadata_dir / "root.json").write_bytes(repo.root_bytes)
-        config.save()
         updater = Updater(config, load_profile(ROOT / "firmware-profiles" / "x86-cpu.toml"))
         try:
             updater.install("tiny", "1.0.0")

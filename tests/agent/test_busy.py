@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import AgentConfig
 from agent.service import AgentService
 from corral.profiles import FirmwareProfile
 from corral.targets import file_target
@@ -34,6 +33,7 @@ from tests.agent.test_service import (
 from tests.agent.tuf_repo import (
     MODEL_FILE,
     TufRepo,
+    enrolled,
     make_bundle,
     make_model,
     publish_bundle,
@@ -111,20 +111,17 @@ def test_a_download_the_registry_turns_away_waits_its_retry_after(
     model_path = repo.served_target_path(file_target("tiny", "1.0.0", MODEL_FILE))
     repo.busy[model_path] = [(503, "2")]
     with serve_repo(repo) as url:
-        config = AgentConfig(
-            data_dir=tmp_path / "agent",
+        config = enrolled(
+            tmp_path / "agent",
+            repo,
+            url,
             device_id=device_id,
             device_token="t",
-            registry_url=url,
             mqtt_host=HOST,
             mqtt_port=PORT,
-            metadata_url=f"{url}/metadata/",
-            targets_url=f"{url}/targets/",
             report_interval_s=0.5,
             poll_interval_s=POLL_S,
         )
-        config.tuf_metadata_dir.mkdir(parents=True)
-        (config.tuf_metadata_dir / "root.json").write_bytes(repo.root_bytes)
         service = AgentService(
             config.data_dir,
             [f"folder:{make_images(tmp_path / 'imgs')}?fps=30"],

@@ -24,10 +24,10 @@ from pathlib import Path
 import pytest
 
 from agent.slots import Slots
-from tests.agent.test_updater import enrolled
 from tests.agent.tuf_repo import (
     MODEL_FILE,
     TufRepo,
+    enrolled,
     make_bundle,
     make_model,
     publish_bundle,

@@ -22,10 +22,12 @@ from agent.fetcher import HttpxFetcher
 from agent.updater import Updater
 from corral.profiles import FirmwareProfile, load_profile
 from corral.targets import file_target
-from tests.agent.test_updater import PROFILES, TOKEN, enrolled
+from tests.agent.test_updater import PROFILES
 from tests.agent.tuf_repo import (
     MODEL_FILE,
+    TOKEN,
     TufRepo,
+    enrolled,
     make_bundle,
     make_model,
     publish_bundle,

@@ -21,7 +21,6 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from agent.config import AgentConfig
 from agent.health import HealthBudget, Rejections, RunStats, judge
 from agent.service import AgentService
 from corral.bundle import GoldenSample
@@ -40,6 +39,7 @@ from tests.agent.test_service import (
 from tests.agent.tuf_repo import (
     MODEL_FILE,
     TufRepo,
+    enrolled,
     make_bundle,
     make_model,
     publish_bundle,
@@ -109,20 +109,17 @@ class Desired:
 def running(tmp_path: Path, repo: TufRepo) -> Iterator[tuple[AgentService, Desired, Watcher]]:
     device_id = f"rb-{uuid.uuid4().hex[:12]}"
     with serve_repo(repo) as url:
-        config = AgentConfig(
-            data_dir=tmp_path / "agent",
+        config = enrolled(
+            tmp_path / "agent",
+            repo,
+            url,
             device_id=device_id,
             device_token="t",
-            registry_url=url,
             mqtt_host=HOST,
             mqtt_port=PORT,
-            metadata_url=f"{url}/metadata/",
-            targets_url=f"{url}/targets/",
             report_interval_s=0.5,
             poll_interval_s=0.1,
         )
-        config.tuf_metadata_dir.mkdir(parents=True)
-        (config.tuf_metadata_dir / "root.json").write_bytes(repo.root_bytes)
         profile = FirmwareProfile.from_dict({"name": "test", "runtime": {"batch_size": 2}})
         images = make_images(tmp_path / "imgs")
         desired = Desired()

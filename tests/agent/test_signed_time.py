@@ -25,10 +25,12 @@ from agent.errors import VerificationError
 from agent.updater import Updater, time_url
 from corral.profiles import FirmwareProfile, load_profile
 from corral.signedtime import SignedTime, SignedTimeError, sign_time
-from tests.agent.test_updater import PROFILES, TOKEN, enrolled
+from tests.agent.test_updater import PROFILES
 from tests.agent.tuf_repo import (
     MODEL_FILE,
+    TOKEN,
     TufRepo,
+    enrolled,
     make_bundle,
     make_model,
     publish_bundle,

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 from tuf.api import exceptions as tuf_errors
 
-from agent.config import AgentConfig
 from agent.errors import (
     DownloadError,
     RegistryBusyError,
@@ -27,7 +26,9 @@ from corral.signedtime import SignedTimeError
 from corral.targets import bundle_target, file_target
 from tests.agent.tuf_repo import (
     MODEL_FILE,
+    TOKEN,
     TufRepo,
+    enrolled,
     make_bundle,
     make_model,
     publish_bundle,
@@ -35,7 +36,6 @@ from tests.agent.tuf_repo import (
 )
 
 PROFILES = Path(__file__).resolve().parents[2] / "firmware-profiles"
-TOKEN = "device-secret-token"
 
 
 @pytest.fixture(scope="module")
@@ -63,24 +63,6 @@ def url(repo: TufRepo) -> Iterator[str]:
 @pytest.fixture
 def profile() -> FirmwareProfile:
     return load_profile(PROFILES / "x86-cpu.toml")
-
-
-def enrolled(data_dir: Path, repo: TufRepo, url: str) -> AgentConfig:
-    """What enrolment leaves on disk: agent.json and the pinned root."""
-    config = AgentConfig(
-        data_dir=data_dir,
-        device_id="park-1",
-        device_token=TOKEN,
-        registry_url=url,
-        mqtt_host="localhost",
-        mqtt_port=1883,
-        metadata_url=f"{url}/metadata/",
-        targets_url=f"{url}/targets/",
-    )
-    config.tuf_metadata_dir.mkdir(parents=True)
-    (config.tuf_metadata_dir / "root.json").write_bytes(repo.root_bytes)
-    config.save()
-    return config
 
 
 @pytest.fixture

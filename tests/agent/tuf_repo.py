@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -41,6 +42,7 @@ from tuf.api.metadata import (
     Timestamp,
 )
 
+from agent.config import AgentConfig
 from corral.bundle import Bundle, BundleFile, GoldenSample, InputSpec, OutputSpec
 from corral.signedtime import SignedTime, SignedTimeError, sign_time
 from corral.targets import bundle_target, file_target
@@ -330,3 +332,32 @@ def publish_bundle(repo: TufRepo, bundle: Bundle, files: dict[str, bytes]) -> No
     for name, data in files.items():
         repo.add_target(file_target(bundle.name, bundle.version, name), data)
     repo.publish()
+
+
+#: The device token a repository that checks tokens (``required_token``) is given.
+TOKEN = "device-secret-token"
+
+
+def enrolled(data_dir: Path, repo: TufRepo, url: str, **fields: Any) -> AgentConfig:
+    """What enrolment leaves on disk for an agent of ``repo`` served at ``url``.
+
+    ``agent.json`` and the pinned root; ``fields`` override the config's
+    defaults (device ``park-1``, :data:`TOKEN`, a broker on localhost:1883).
+    """
+    config = AgentConfig(
+        **{
+            "data_dir": data_dir,
+            "device_id": "park-1",
+            "device_token": TOKEN,
+            "registry_url": url,
+            "mqtt_host": "localhost",
+            "mqtt_port": 1883,
+            "metadata_url": f"{url}/metadata/",
+            "targets_url": f"{url}/targets/",
+            **fields,
+        }
+    )
+    config.tuf_metadata_dir.mkdir(parents=True)
+    (config.tuf_metadata_dir / "root.json").write_bytes(repo.root_bytes)
+    config.save()
+    return config
