@@ -1,7 +1,7 @@
 """The Corral agent: install signed models, run them on live cameras, report over MQTT.
 
 Install path: :mod:`agent.config`, :mod:`agent.enrol`, :mod:`agent.hardware`,
-:mod:`agent.fetcher`, :mod:`agent.slots`, :mod:`agent.updater`. Run path:
+:mod:`agent.fetcher`, :mod:`agent.slots`, :mod:`agent.variants`, :mod:`agent.updater`. Run path:
 :mod:`agent.camera`, :mod:`agent.pipeline`, :mod:`agent.latency`,
 :mod:`agent.runtime`, :mod:`agent.health`, :mod:`agent.telemetry`, :mod:`agent.outbox`,
 :mod:`agent.mqtt`, :mod:`agent.lock`, :mod:`agent.service`; :mod:`agent.cli`

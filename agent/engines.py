@@ -19,6 +19,7 @@ file) needs no cache: ONNX Runtime loads the engine from the file.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import logging
 import shutil
@@ -34,6 +35,7 @@ __all__ = [
     "EngineKey",
     "engine_folder",
     "provider_options",
+    "tensorrt_library_version",
     "tensorrt_version",
 ]
 
@@ -78,6 +80,41 @@ def tensorrt_version() -> str:
     except ImportError:
         return "unknown"
     return str(getattr(tensorrt, "__version__", "unknown"))
+
+
+#: Where ONNX Runtime's TensorRT provider finds TensorRT, newest first.
+_NVINFER = ("libnvinfer.so.10", "libnvinfer.so.8", "libnvinfer.so", "nvinfer_10.dll", "nvinfer.dll")
+
+
+def tensorrt_library_version(load: Callable[[str], Any] = ctypes.CDLL) -> str | None:
+    """The version of the TensorRT library (libnvinfer) on the loader's path, or ``None``.
+
+    Park computers run TensorRT engines through ONNX Runtime without the
+    ``tensorrt`` Python package, so :func:`tensorrt_version` says ``unknown``
+    there; the library itself says which version it is.
+
+    Args:
+        load: opens a shared library by name (``ctypes.CDLL``; tests pass a fake).
+
+    Returns:
+        ``major.minor.patch``, or ``None`` when no TensorRT library is found.
+
+    Raises:
+        Nothing: a library that cannot be opened or asked means "not found".
+    """
+    for name in _NVINFER:
+        try:
+            lib = load(name)
+            lib.getInferLibVersion.restype = ctypes.c_int32
+            number = int(lib.getInferLibVersion())
+        except (OSError, AttributeError):
+            continue
+        # As trainer.trt.parse_tensorrt_version (the roles share only corral/):
+        # TensorRT 10 encodes major*10000 + minor*100 + patch, earlier major*1000 + ...
+        if number >= 100000:
+            return f"{number // 10000}.{number // 100 % 100}.{number % 100}"
+        return f"{number // 1000}.{number // 100 % 10}.{number % 100}"
+    return None
 
 
 def engine_folder(root: Path, key: EngineKey, keep: int = KEEP) -> Path:

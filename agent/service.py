@@ -222,10 +222,17 @@ class AgentService:
             "model": installed[0] if installed else None,
             "version": installed[1] if installed else None,
             "profile": self.profile.name if self.profile is not None else None,
+            "variant": self._variant_running(),
             "agent_version": corral.__version__,
             "cameras": [c.camera_id for c in self.cameras],
             "shadow": self._shadow_status(),
         }
+
+    def _variant_running(self) -> str | None:
+        """The bundle variant the pipeline runs (fp32, int8, a TensorRT variant...), or None."""
+        runtime = self.pipeline.runtime if self.pipeline is not None else None
+        variant = getattr(runtime, "variant", None)
+        return variant if isinstance(variant, str) else None
 
     def _shadow_status(self) -> dict[str, str] | None:
         running = self.pipeline.shadow if self.pipeline is not None else None
@@ -619,6 +626,8 @@ class AgentService:
                 seconds=result.seconds,
                 smoke_diff=getattr(result, "smoke_max_diff", None),
                 swap_ms=swap_ms,
+                variant=getattr(result, "variant", None),
+                fallback=getattr(result, "fallback", None),
             ),
         )
         self.link.publish_status()

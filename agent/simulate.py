@@ -235,11 +235,13 @@ class SimulatedModel:
     Args:
         bundle: the installed bundle.
         crash: make :meth:`smoke_test` fail, as a model that crashes at load would.
+        variant: the bundle variant it stands for.
     """
 
-    def __init__(self, bundle: Bundle, crash: bool = False) -> None:
+    def __init__(self, bundle: Bundle, crash: bool = False, variant: str = "fp32") -> None:
         self._bundle = bundle
         self.crash = crash
+        self.variant = variant
 
     @property
     def bundle(self) -> Bundle:
@@ -288,7 +290,10 @@ class SimulatedAgent:
         self._np = np.random.default_rng(seed)
         # A simulated agent needs crash safety, not power-cut safety (see Outbox).
         self.outbox = Outbox(config.data_dir, config.device_id, durable=False)
-        self.updater = Updater(config, profile, runtime_loader=self._load)
+        # A simulated device has no GPU of its own: the host's must not pick its variant.
+        self.updater = Updater(
+            config, profile, runtime_loader=self._load, tensorrt_device=lambda: None
+        )
         self.backoff = InstallBackoff()
         self.link = AgentLink(
             config.device_id,
@@ -338,6 +343,7 @@ class SimulatedAgent:
             "model": installed[0] if installed else None,
             "version": installed[1] if installed else None,
             "profile": self.profile.name,
+            "variant": None if self.model is None else self.model.variant,
             "agent_version": corral.__version__,
             "cameras": ["sim0"],
             "simulated": self.cohort.name,
@@ -375,7 +381,8 @@ class SimulatedAgent:
         self, bundle: Bundle, path: Path, variant: str, profile: FirmwareProfile
     ) -> SimulatedModel:
         # The Updater's runtime seam: no ONNX Runtime, just the cohort's draw.
-        return SimulatedModel(bundle, crash=self.cohort.crashes_on(bundle.version, self._rng))
+        crash = self.cohort.crashes_on(bundle.version, self._rng)
+        return SimulatedModel(bundle, crash=crash, variant=variant)
 
     def _on_desired(self, body: Mapping[str, Any]) -> None:
         # paho's thread: remember, and hand the install to the pool.
@@ -470,6 +477,7 @@ class SimulatedAgent:
                 seconds=result.seconds,
                 smoke_diff=result.smoke_max_diff,
                 swap_ms=0.0,  # nothing to swap: no pipeline
+                variant=result.variant,
             ),
         )
         self.link.publish_status()

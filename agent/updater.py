@@ -12,15 +12,22 @@ untouched, so the model that is running keeps running:
 2. ``models/{model}/{version}/bundle.json`` must be a signed target (absent:
    reason ``not_found``); it is downloaded (length and hash checked by TUF),
    parsed, and must name the model and version asked for.
-3. The variant is the one the rollout asks for (the hint's ``variant``),
-   else the profile's, else ``fp32``; the bundle must allow this
-   profile and agent version. The variant's file must be a signed target whose
-   length and SHA-256 agree with the bundle; it is downloaded into staging.
+3. The bundle must allow this profile and agent version. The variant is the
+   one the rollout asks for (the hint's ``variant``); when it names none, a
+   TensorRT variant built for exactly this device if the profile runs TensorRT
+   (``agent.variants``); else the profile's variant, else ``fp32``. The
+   variant's file must be a signed target whose length and SHA-256 agree with
+   the bundle; it is downloaded into staging.
 4. The staged files are checked against the bundle once more.
 5. ONNX Runtime loads the file with the profile's providers and runs the
    bundle's golden samples (the smoke test). The loader is a seam
    (``runtime_loader``): the fleet simulator (``agent.simulate``) passes one
    that returns a simulated model, so steps 1-4 and 6 stay the real ones.
+   A TensorRT variant the agent chose for itself that fails to load or fails
+   its smoke test is removed from staging, and steps 3-5 run again, in the same
+   install, with the variant the rollout-less rule gives (the profile's, else
+   ``fp32``); ``InstallResult.fallback`` says which failed and why. A variant
+   the rollout named gets no such fallback: the operator asked for it.
 6. The staging folder becomes a slot, and the slot becomes current
    (``agent.slots``); the old current becomes previous.
 
@@ -72,6 +79,7 @@ from tuf.ngclient.fetcher import FetcherInterface
 
 import corral
 from agent.config import AgentConfig
+from agent.engines import TRT
 from agent.errors import (
     DownloadError,
     RegistryBusyError,
@@ -83,8 +91,15 @@ from agent.errors import (
 from agent.fetcher import BusyHTTPError, HttpxFetcher
 from agent.runtime import ModelRuntime
 from agent.slots import Slot, Slots
+from agent.variants import (
+    TensorRTDevice,
+    choose_tensorrt_variant,
+    detect_tensorrt_device,
+    tensorrt_record,
+)
 from corral.bundle import BUNDLE_FILE, Bundle, BundleFile
 from corral.errors import BundleError, ContractError, VersionError
+from corral.payloads import VariantFallback
 from corral.profiles import FirmwareProfile
 from corral.signedtime import (
     MAX_SIGNED_TIME_BYTES,
@@ -231,7 +246,11 @@ def load_onnx_runtime(
 
 @dataclass(frozen=True)
 class InstallResult:
-    """What ``install`` did: the slot that is now current and its loaded runtime."""
+    """What ``install`` did: the slot that is now current and its loaded runtime.
+
+    ``fallback`` is set when the TensorRT variant the agent chose for itself
+    failed to load or smoke-test and ``variant`` is the one installed instead.
+    """
 
     model: str
     version: str
@@ -240,6 +259,7 @@ class InstallResult:
     smoke_max_diff: float
     seconds: float
     runtime: LoadedModel = field(repr=False, compare=False)
+    fallback: VariantFallback | None = None
 
 
 def time_url(metadata_url: str) -> str:
@@ -328,6 +348,10 @@ class Updater:
             False trusts this device's clock, as plain TUF does.
         clock: this device's clock (tests set it wrong); with signed time it is
             only compared with the signed time, and a skew over 5 minutes logged.
+        tensorrt_device: finds this device's GPU and TensorRT version, or None
+            without TensorRT (:func:`agent.variants.detect_tensorrt_device`);
+            asked only when the profile runs TensorRT, the rollout names no
+            variant and the bundle has TensorRT variants.
 
     Raises:
         OSError: the slots cannot be recovered (see ``Slots.recover``).
@@ -345,8 +369,10 @@ class Updater:
         runtime_loader: RuntimeLoader | None = None,
         signed_time: bool = True,
         clock: Callable[[], datetime] = _device_now,
+        tensorrt_device: Callable[[], TensorRTDevice | None] = detect_tensorrt_device,
     ) -> None:
         self.config = config
+        self._tensorrt_device = tensorrt_device
         self.signed_time = signed_time
         self._clock = clock
         #: This device's clock minus the registry's signed time, at the last update.
@@ -450,8 +476,10 @@ class Updater:
             into: the slots to install into; default this updater's. The agent
                 installs a shadow candidate into its own slots, through the
                 same verification, so the current model's slots stay untouched.
-            variant: the file variant the rollout asks for; None: the profile's
-                variant if the bundle has it, else fp32.
+            variant: the file variant the rollout asks for; None: a TensorRT
+                variant built for this device (falling back, if it fails to load
+                or smoke-test, to what follows), else the profile's variant if
+                the bundle has it, else fp32.
 
         Returns:
             The new current slot with its loaded, smoke-tested runtime.
@@ -484,10 +512,11 @@ class Updater:
             # Partial downloads of versions given up on are of no use any more.
             self._fetcher.discard_partials()
         logger.info(
-            "installed %s %s (%s) in %.1f s; smoke max diff %.3g",
+            "installed %s %s (%s%s) in %.1f s; smoke max diff %.3g",
             model,
             version,
             result.variant,
+            "" if result.fallback is None else f", after {result.fallback.variant} failed",
             result.seconds,
             result.smoke_max_diff,
         )
@@ -517,12 +546,28 @@ class Updater:
             tuf.refresh()
             bundle = self._fetch_bundle(tuf, target, model, version, staging)
             variant = self._choose_variant(bundle, wanted)
-            entry = bundle.model_file(variant)
-            self._fetch_model_file(tuf, bundle, entry, staging)
-            # Only this variant's file was fetched; the bundle may list others.
-            dataclasses.replace(bundle, files=[entry]).verify_files(staging)
-            runtime = self.runtime_loader(bundle, staging, variant, self.profile)
-            smoke = runtime.smoke_test()
+            chosen = None if wanted is not None else self._device_variant(bundle, variant)
+            fallback = None
+            if chosen is not None:
+                try:
+                    runtime, smoke = self._stage(tuf, bundle, chosen, staging)
+                except (RuntimeLoadError, SmokeTestError) as e:
+                    reason = e.reason if isinstance(e, SmokeTestError) else "incompatible"
+                    fallback = VariantFallback(chosen, reason, str(e))
+                    logger.warning(
+                        "%s %s: %s, chosen for this device, failed (%s): %s; installing %s",
+                        model,
+                        version,
+                        chosen,
+                        reason,
+                        e,
+                        variant,
+                    )
+                    (staging / bundle.model_file(chosen).name).unlink(missing_ok=True)
+                else:
+                    variant = chosen
+            if chosen is None or fallback is not None:
+                runtime, smoke = self._stage(tuf, bundle, variant, staging)
             slot = slots.commit(staging, bundle, variant)
         return InstallResult(
             model=model,
@@ -532,7 +577,39 @@ class Updater:
             smoke_max_diff=smoke,
             seconds=time.monotonic() - started,
             runtime=runtime,
+            fallback=fallback,
         )
+
+    def _stage(
+        self, tuf: TufUpdater, bundle: Bundle, variant: str, staging: Path
+    ) -> tuple[LoadedModel, float]:
+        """Fetch ``variant``'s file into staging, verify, load and smoke-test it."""
+        entry = bundle.model_file(variant)
+        self._fetch_model_file(tuf, bundle, entry, staging)
+        # Only this variant's file was fetched; the bundle may list others.
+        dataclasses.replace(bundle, files=[entry]).verify_files(staging)
+        runtime = self.runtime_loader(bundle, staging, variant, self.profile)
+        return runtime, runtime.smoke_test()
+
+    def _device_variant(self, bundle: Bundle, usual: str) -> str | None:
+        """The TensorRT variant built for this device, if it is not ``usual`` already.
+
+        The device is probed only when the profile runs TensorRT and the bundle
+        has TensorRT variants.
+        """
+        if TRT not in self.profile.execution_providers:
+            return None
+        if not any(tensorrt_record(f) is not None for f in bundle.files):
+            return None
+        chosen = choose_tensorrt_variant(bundle, self.profile, self._tensorrt_device())
+        if chosen is None:
+            logger.info(
+                "%s %s: no TensorRT variant built for this device; installing %s",
+                bundle.name,
+                bundle.version,
+                usual,
+            )
+        return None if chosen == usual else chosen
 
     def _reference_time(self, root: Root) -> datetime:
         """The time to judge expiry by: the registry's signed time, checked against ``root``.
@@ -601,7 +678,8 @@ class Updater:
     def _choose_variant(self, bundle: Bundle, wanted: str | None = None) -> str:
         """``wanted``, else the profile's variant if the bundle has it, else fp32.
 
-        Checks compatibility first.
+        Checks compatibility first. The TensorRT variant built for this device
+        (:meth:`_device_variant`) goes before this one when ``wanted`` is None.
         """
         where = f"{bundle.name} {bundle.version}"
         allowed = bundle.compatibility.get("profiles") or []

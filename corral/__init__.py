@@ -24,7 +24,7 @@ from corral.errors import (
     ProfileError,
     VersionError,
 )
-from corral.payloads import Message, decode, encode, installed_event, utc_now
+from corral.payloads import Message, VariantFallback, decode, encode, installed_event, utc_now
 from corral.profiles import (
     FirmwareProfile,
     HardwareFacts,
@@ -54,6 +54,7 @@ __all__ = [
     "OutputSpec",
     "PayloadError",
     "ProfileError",
+    "VariantFallback",
     "Version",
     "VersionError",
     "__version__",

@@ -25,9 +25,19 @@ from typing import Any
 from corral.errors import PayloadError
 from corral.topics import AGENT_KINDS, REGISTRY_KINDS, check_device_id
 
-__all__ = ["MAX_PAYLOAD_BYTES", "Message", "decode", "encode", "installed_event", "utc_now"]
+__all__ = [
+    "MAX_PAYLOAD_BYTES",
+    "Message",
+    "VariantFallback",
+    "decode",
+    "encode",
+    "installed_event",
+    "utc_now",
+]
 
 MAX_PAYLOAD_BYTES = 256 * 1024
+#: The most characters of a fallback's detail that go into an event.
+_MAX_DETAIL = 500
 
 _NUM = (int, float)
 # Fields each kind must carry, with their JSON types. None in a tuple allows null.
@@ -74,8 +84,37 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+@dataclass(frozen=True)
+class VariantFallback:
+    """A variant the agent chose for itself that failed, so the usual one was installed.
+
+    Attributes:
+        variant: the variant that failed (a TensorRT variant built for this device).
+        reason: ``incompatible`` (ONNX Runtime could not load it) or ``smoke_test``
+            (its golden outputs were wrong).
+        detail: the error, as the agent logged it.
+    """
+
+    variant: str
+    reason: str
+    detail: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"variant": self.variant, "reason": self.reason, "detail": self.detail[:_MAX_DETAIL]}
+
+
+_FAILED = {"incompatible": "did not load", "smoke_test": "failed its smoke test"}
+
+
 def installed_event(
-    model: str, version: str, *, seconds: float, smoke_diff: float | None, swap_ms: float
+    model: str,
+    version: str,
+    *,
+    seconds: float,
+    smoke_diff: float | None,
+    swap_ms: float,
+    variant: str | None = None,
+    fallback: VariantFallback | None = None,
 ) -> dict[str, Any]:
     """The body of the ``events`` payload that says a model version was installed.
 
@@ -90,23 +129,41 @@ def installed_event(
         smoke_diff: the largest difference from the golden outputs in the smoke
             test; None when it was not measured.
         swap_ms: how long the pipeline took to switch to it.
+        variant: the bundle variant now running; None leaves it out (older senders).
+        fallback: the variant chosen first that failed, when ``variant`` is the
+            fallback; None leaves it out.
 
     Returns:
         ``{"event": "installed", "message", "model", "version", "seconds",
-        "smoke_diff", "swap_ms"}``, times rounded to the millisecond.
+        "smoke_diff", "swap_ms"}``, times rounded to the millisecond, then
+        ``variant`` and ``fallback`` (``{"variant", "reason", "detail"}``) when
+        given; the message names them too. Without them the bytes are those of
+        senders that predate them.
 
     Raises:
         Nothing.
     """
-    return {
+    what = f"{model} {version}"
+    if variant is not None:
+        failed = ""
+        if fallback is not None:
+            done = _FAILED.get(fallback.reason, f"failed ({fallback.reason})")
+            failed = f"; {fallback.variant} {done}"
+        what += f" ({variant}{failed})"
+    body: dict[str, Any] = {
         "event": "installed",
-        "message": f"installed {model} {version} in {seconds:.2f} s",
+        "message": f"installed {what} in {seconds:.2f} s",
         "model": model,
         "version": version,
         "seconds": round(float(seconds), 3),
         "smoke_diff": None if smoke_diff is None else float(smoke_diff),
         "swap_ms": round(swap_ms, 3),
     }
+    if variant is not None:
+        body["variant"] = variant
+    if fallback is not None:
+        body["fallback"] = fallback.to_dict()
+    return body
 
 
 @dataclass

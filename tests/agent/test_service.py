@@ -261,7 +261,9 @@ def test_desired_hint_installs_swaps_reports_and_a_bad_version_is_not_retried(
         event = watcher.of("events", event="installed")[0].body
         assert (event["model"], event["version"], event["seconds"]) == ("tiny", "1.0.0", 0.25)
         assert event["swap_ms"] >= 0 and event["smoke_diff"] == 0.0
+        assert event["variant"] == "fp32" and "fallback" not in event
         assert wait_for(lambda: watcher.of("status", state="online", version="1.0.0"))
+        assert watcher.of("status", state="online", version="1.0.0")[-1].body["variant"] == "fp32"
         assert wait_for(
             lambda: [m for m in watcher.of("inference", version="1.0.0") if m.body["frames"]]
         )

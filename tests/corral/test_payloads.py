@@ -9,7 +9,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from corral import PayloadError, decode, encode, installed_event, parse_topic, topic
+from corral import (
+    PayloadError,
+    VariantFallback,
+    decode,
+    encode,
+    installed_event,
+    parse_topic,
+    topic,
+)
 
 INFERENCE = {
     "window_s": 5.0,
@@ -59,6 +67,55 @@ def test_the_installed_event_keeps_its_wire_shape(
     body = installed_event("tiny", "1.1.0", seconds=0.2514, smoke_diff=smoke_diff, swap_ms=swap_ms)
     # Byte for byte what the agent and the simulator sent before they shared it.
     assert json.dumps(body, separators=(",", ":")) == expected
+    assert decode("events", encode("events", "park-1", 7, body)).body == body
+
+
+@pytest.mark.parametrize(
+    ("fallback", "message", "extra"),
+    [
+        (None, "installed tiny 1.1.0 (trt-fp16-l4-trt10.3) in 0.25 s", {}),
+        (
+            VariantFallback("trt-fp16-l4-trt10.3", "smoke_test", "differs by 3"),
+            "installed tiny 1.1.0 (fp32; trt-fp16-l4-trt10.3 failed its smoke test) in 0.25 s",
+            {
+                "fallback": {
+                    "variant": "trt-fp16-l4-trt10.3",
+                    "reason": "smoke_test",
+                    "detail": "differs by 3",
+                }
+            },
+        ),
+        (
+            VariantFallback("trt-fp16-l4-trt10.3", "incompatible", "x" * 2000),
+            "installed tiny 1.1.0 (fp32; trt-fp16-l4-trt10.3 did not load) in 0.25 s",
+            {
+                "fallback": {
+                    "variant": "trt-fp16-l4-trt10.3",
+                    "reason": "incompatible",
+                    "detail": "x" * 500,
+                }
+            },
+        ),
+    ],
+    ids=["variant", "fallback-smoke-test", "fallback-load-detail-capped"],
+)
+def test_the_installed_event_names_the_variant_and_a_fallback_when_given(
+    fallback: VariantFallback | None, message: str, extra: dict[str, object]
+) -> None:
+    variant = "fp32" if fallback else "trt-fp16-l4-trt10.3"
+    body = installed_event(
+        "tiny",
+        "1.1.0",
+        seconds=0.2514,
+        smoke_diff=0.0,
+        swap_ms=0.1,
+        variant=variant,
+        fallback=fallback,
+    )
+    assert body["message"] == message
+    assert body["variant"] == variant
+    assert {k: body[k] for k in extra} == extra
+    assert ("fallback" in body) == (fallback is not None)
     assert decode("events", encode("events", "park-1", 7, body)).body == body
 
 
