@@ -19,7 +19,6 @@ file) needs no cache: ONNX Runtime loads the engine from the file.
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import logging
 import shutil
@@ -30,12 +29,13 @@ from typing import Any
 
 import onnxruntime as ort
 
+from corral.tensorrt import tensorrt_version as read_tensorrt_version
+
 __all__ = [
     "KEEP",
     "EngineKey",
     "engine_folder",
     "provider_options",
-    "tensorrt_library_version",
     "tensorrt_version",
 ]
 
@@ -69,52 +69,13 @@ class EngineKey:
 
 
 def tensorrt_version() -> str:
-    """The TensorRT this process would use, or ``unknown`` (its Python package absent).
+    """The TensorRT this process would use (``corral.tensorrt``), or ``unknown``.
 
-    ONNX Runtime's GPU build pins a TensorRT major version; without the
-    ``tensorrt`` package the key still holds ONNX Runtime's version, which
-    changes when that pin does.
+    Read from the library when the ``tensorrt`` package is absent, as on park
+    computers: a TensorRT upgrade there changes the key, so an engine built by
+    the old one is never loaded.
     """
-    try:
-        import tensorrt  # type: ignore[import-not-found]
-    except ImportError:
-        return "unknown"
-    return str(getattr(tensorrt, "__version__", "unknown"))
-
-
-#: Where ONNX Runtime's TensorRT provider finds TensorRT, newest first.
-_NVINFER = ("libnvinfer.so.10", "libnvinfer.so.8", "libnvinfer.so", "nvinfer_10.dll", "nvinfer.dll")
-
-
-def tensorrt_library_version(load: Callable[[str], Any] = ctypes.CDLL) -> str | None:
-    """The version of the TensorRT library (libnvinfer) on the loader's path, or ``None``.
-
-    Park computers run TensorRT engines through ONNX Runtime without the
-    ``tensorrt`` Python package, so :func:`tensorrt_version` says ``unknown``
-    there; the library itself says which version it is.
-
-    Args:
-        load: opens a shared library by name (``ctypes.CDLL``; tests pass a fake).
-
-    Returns:
-        ``major.minor.patch``, or ``None`` when no TensorRT library is found.
-
-    Raises:
-        Nothing: a library that cannot be opened or asked means "not found".
-    """
-    for name in _NVINFER:
-        try:
-            lib = load(name)
-            lib.getInferLibVersion.restype = ctypes.c_int32
-            number = int(lib.getInferLibVersion())
-        except (OSError, AttributeError):
-            continue
-        # As trainer.trt.parse_tensorrt_version (the roles share only corral/):
-        # TensorRT 10 encodes major*10000 + minor*100 + patch, earlier major*1000 + ...
-        if number >= 100000:
-            return f"{number // 10000}.{number // 100 % 100}.{number % 100}"
-        return f"{number // 1000}.{number // 100 % 10}.{number % 100}"
-    return None
+    return read_tensorrt_version() or "unknown"
 
 
 def engine_folder(root: Path, key: EngineKey, keep: int = KEEP) -> Path:

@@ -86,10 +86,9 @@ def _facts() -> HardwareFacts:
 
 
 def _tensorrt_version() -> str:
-    from agent.engines import tensorrt_library_version, tensorrt_version
+    from agent.engines import tensorrt_version
 
-    version = tensorrt_version()
-    return version if version != "unknown" else tensorrt_library_version() or "unknown"
+    return tensorrt_version()
 
 
 def detect_tensorrt_device(
@@ -104,9 +103,8 @@ def detect_tensorrt_device(
         providers: onnxruntime's available execution providers.
         facts: the hardware facts (``agent.hardware.detect_facts``: NVML, then
             nvidia-smi); the first GPU is the one ONNX Runtime uses (device 0).
-        tensorrt: the TensorRT version: the ``tensorrt`` package's
-            (``agent.engines.tensorrt_version``), else the library's
-            (``agent.engines.tensorrt_library_version``), else ``unknown``.
+        tensorrt: the TensorRT version: the ``tensorrt`` package's, else the
+            library's (``agent.engines.tensorrt_version``), else ``unknown``.
 
     Returns:
         The device, or ``None`` when this onnxruntime lacks the TensorRT

@@ -49,7 +49,6 @@ tolerance are the caller's; this module writes only under its work folder.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import re
 import shutil
@@ -64,6 +63,7 @@ import onnxruntime as ort
 
 from corral.bundle import Bundle, BundleFile, file_digest
 from corral.profiles import FirmwareProfile
+from corral.tensorrt import tensorrt_version
 from trainer.calibration import CalibrationSet
 from trainer.errors import (
     EngineBuildError,
@@ -81,7 +81,6 @@ __all__ = [
     "build_trt_variant",
     "calibrate_int8",
     "check_profile",
-    "parse_tensorrt_version",
     "probe",
     "variant_name",
     "write_calibration_table",
@@ -123,34 +122,6 @@ class TrtVariant:
     path: Path
     entry: BundleFile
     parity: ParityReport
-
-
-def parse_tensorrt_version(number: int) -> str:
-    """``getInferLibVersion()``'s integer as ``major.minor.patch``.
-
-    TensorRT 10 encodes ``major*10000 + minor*100 + patch`` (100300 is 10.3.0),
-    earlier releases ``major*1000 + minor*100 + patch`` (8601 is 8.6.1).
-    """
-    if number >= 100000:
-        return f"{number // 10000}.{number // 100 % 100}.{number % 100}"
-    return f"{number // 1000}.{number // 100 % 10}.{number % 100}"
-
-
-def _tensorrt_version() -> str | None:
-    try:
-        import tensorrt  # the pip wheel, when present, says it directly
-    except ImportError:
-        pass
-    else:
-        return str(tensorrt.__version__)
-    for library in ("libnvinfer.so.10", "libnvinfer.so.8", "libnvinfer.so", "nvinfer.dll"):
-        try:
-            lib = ctypes.CDLL(library)
-        except OSError:
-            continue
-        lib.getInferLibVersion.restype = ctypes.c_int32
-        return parse_tensorrt_version(int(lib.getInferLibVersion()))
-    return None
 
 
 def _gpu_name(device_id: int) -> str | None:
@@ -205,7 +176,7 @@ def probe(device_id: int = 0) -> TensorRTInfo:
             f"no NVIDIA GPU {device_id} answers (neither NVML nor nvidia-smi found one); "
             f"building a TensorRT variant needs {_NEEDS}"
         )
-    version = _tensorrt_version()
+    version = tensorrt_version()
     if version is None:
         raise TensorRTUnavailableError(
             f"no TensorRT library found (neither the tensorrt package nor libnvinfer); "

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,6 @@ from agent.engines import (
     EngineKey,
     engine_folder,
     provider_options,
-    tensorrt_library_version,
 )
 from agent.runtime import ModelRuntime
 from tests.agent.test_runtime import _bundle
@@ -108,45 +106,3 @@ def test_io_binding_gives_what_a_plain_run_gives_and_reuses_its_buffers(tmp_path
     np.testing.assert_array_equal(answers[0], plain.run(batches[0]))
     assert len(bound._binding._buffers) == 2  # type: ignore[union-attr]  # one per batch size
     assert bound.smoke_test() < 1e-4
-
-
-class _Version:
-    """``getInferLibVersion`` of a fake libnvinfer: ctypes sets ``restype`` on it."""
-
-    restype: object = None
-
-    def __init__(self, number: int) -> None:
-        self.number = number
-
-    def __call__(self) -> int:
-        return self.number
-
-
-class _Nvinfer:
-    def __init__(self, number: int) -> None:
-        self.getInferLibVersion = _Version(number)
-
-
-def _loader(libraries: dict[str, object]) -> Callable[[str], object]:
-    def load(name: str) -> object:
-        if name not in libraries:
-            raise OSError(f"{name}: cannot open shared object file")
-        return libraries[name]
-
-    return load
-
-
-@pytest.mark.parametrize(
-    ("libraries", "version"),
-    [
-        ({"libnvinfer.so.10": _Nvinfer(100300)}, "10.3.0"),
-        ({"libnvinfer.so.8": _Nvinfer(8601)}, "8.6.1"),
-        ({"libnvinfer.so.10": object(), "libnvinfer.so": _Nvinfer(100801)}, "10.8.1"),
-        ({}, None),
-    ],
-    ids=["tensorrt-10", "tensorrt-8", "no-version-symbol-then-next", "none"],
-)
-def test_the_tensorrt_library_says_its_version(
-    libraries: dict[str, object], version: str | None
-) -> None:
-    assert tensorrt_library_version(_loader(libraries)) == version

@@ -37,7 +37,6 @@ from trainer.trt import (
     TensorRTInfo,
     build_trt_variant,
     check_profile,
-    parse_tensorrt_version,
     probe,
     variant_name,
     write_calibration_table,
@@ -87,14 +86,6 @@ def test_variant_names_say_precision_gpu_and_tensorrt(
 ) -> None:
     name = variant_name(precision, gpu, version)
     assert name == expected and len(name) <= 64
-
-
-@pytest.mark.parametrize(
-    ("number", "version"),
-    [(100300, "10.3.0"), (8601, "8.6.1"), (100001, "10.0.1"), (8503, "8.5.3")],
-)
-def test_tensorrt_library_versions_are_decoded(number: int, version: str) -> None:
-    assert parse_tensorrt_version(number) == version
 
 
 def test_profile_checks() -> None:
