@@ -4,7 +4,7 @@ Install path: :mod:`agent.config`, :mod:`agent.enrol`, :mod:`agent.hardware`,
 :mod:`agent.fetcher`, :mod:`agent.slots`, :mod:`agent.variants`, :mod:`agent.updater`. Run path:
 :mod:`agent.camera`, :mod:`agent.pipeline`, :mod:`agent.latency`,
 :mod:`agent.runtime`, :mod:`agent.health`, :mod:`agent.telemetry`, :mod:`agent.outbox`,
-:mod:`agent.mqtt`, :mod:`agent.lock`, :mod:`agent.service`; :mod:`agent.cli`
+:mod:`agent.mqtt`, :mod:`agent.desired`, :mod:`agent.lock`, :mod:`agent.service`; :mod:`agent.cli`
 is ``corral agent``.
 
 Names are exported lazily (PEP 562): ``import agent`` (and so ``corral

@@ -60,12 +60,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
 
-import httpx
-
 import corral
 from agent.api import LocalApi
-from agent.backoff import InstallBackoff, busy_wait_s, jitter
+from agent.backoff import InstallBackoff, jitter
 from agent.camera import Camera, parse_camera
+from agent.desired import DesiredPoller
 from agent.errors import AgentError, RegistryBusyError, SmokeTestError, UpdateError
 from agent.health import HealthBudget, Rejections, RunStats, Verdict, judge
 from agent.lock import DataDirLock
@@ -84,8 +83,6 @@ from corral.profiles import FirmwareProfile
 __all__ = ["AgentService", "InstallBackoff"]
 
 logger = logging.getLogger(__name__)
-
-_POLL_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 
 
 class _InstallResult(Protocol):
@@ -172,9 +169,9 @@ class AgentService:
         self.profile = profile
         self.updater = updater
         self._poll_desired = poll_desired
-        # The HTTP poll's connection pool, made by the first poll and kept until stop:
-        # see _http_client for why not one request per poll.
-        self._http: httpx.Client | None = None
+        # The HTTP poll's one client, made by the first poll and kept until stop
+        # (agent.desired says why not one per poll).
+        self._poller: DesiredPoller | None = None
         self.backoff = InstallBackoff(base_s=retry_backoff_s)
         self._nvml = nvml
         self._api_port = api_port
@@ -346,9 +343,8 @@ class AgentService:
             self.link.stop(timeout=min(timeout, 5.0))
         if self.outbox is not None:
             self.outbox.close()
-        if self._http is not None:
-            self._http.close()
-            self._http = None
+        if self._poller is not None:
+            self._poller.close()
         close = getattr(self.updater, "close", None)
         if close is not None:
             close()
@@ -487,42 +483,12 @@ class AgentService:
                 "shadow": None if shadow is None else {"model": shadow[0], "version": shadow[1]},
             }
             return None if polled is None else (polled, rest)
-        url = f"{self.config.registry_url.rstrip('/')}/api/v1/devices/{self.device_id}/desired"
-        try:
-            response = self._http_client().get(
-                url, headers={"Authorization": f"Bearer {self.config.device_token}"}
+        if self._poller is None:
+            self._poller = DesiredPoller(
+                self.config.registry_url, self.device_id, self.config.device_token
             )
-            busy = busy_wait_s(response.status_code, response.headers)
-            if busy is not None:
-                raise RegistryBusyError(
-                    f"polling {url}: HTTP {response.status_code}, the registry is busy",
-                    retry_after_s=busy,
-                )
-            response.raise_for_status()
-            data = response.json()
-        except (httpx.HTTPError, ValueError) as e:
-            logger.warning("polling %s failed: %s", url, e)
-            return None
-        if not isinstance(data, dict):
-            logger.warning("polling %s gave %r, expected {model, version}", url, data)
-            return None
-        return (data.get("model"), data.get("version")), data
-
-    def _http_client(self) -> httpx.Client:
-        """The poll's one client, for the life of the agent (closed by :meth:`stop`).
-
-        Not ``httpx.get`` per poll: that builds a client each time, and with it
-        an SSL context loaded with the whole CA bundle (even for plain HTTP),
-        which the client's reference cycles keep alive until the garbage
-        collector's next pass. On a busy agent that pass comes minutes apart, so
-        several CA stores piled up and were freed in bursts; the reconciler
-        thread's C heap grew from 0.9 to 3.7 MiB in five minutes of the
-        ``agent.rss_slope_mb_per_h`` soak, and stays at 0.9 with one client.
-        One client also keeps its connection to the registry between polls.
-        """
-        if self._http is None:
-            self._http = httpx.Client(timeout=_POLL_TIMEOUT)
-        return self._http
+        data = self._poller.poll()
+        return None if data is None else ((data.get("model"), data.get("version")), data)
 
     def _reconcile_loop(self) -> None:
         interval = float(self.config.poll_interval_s)
