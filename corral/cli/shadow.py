@@ -14,7 +14,7 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
-from corral.cli._common import Registry, Token, console, fmt, registry_client
+from corral.cli._common import Registry, Token, console, fail, fmt, registry_client
 from corral.errors import CorralError
 
 __all__ = ["shadow_app"]
@@ -41,7 +41,7 @@ def shadow_start(
     """Run MODEL@VERSION in shadow on the selected devices; what they run does not change."""
     model, _, version = target.partition("@")
     if not model or not version:
-        raise CorralError(f"{target!r} should be MODEL@VERSION, e.g. animals@1.2.0")
+        raise fail(CorralError(f"{target!r} should be MODEL@VERSION, e.g. animals@1.2.0"))
     body = {
         "name": name,
         "model": model,

@@ -55,4 +55,7 @@ def test_a_bad_rollout_plan_is_refused_with_its_reason_and_starts_nothing(
     assert result.exit_code == 2 and "size" in result.output, result.output
     result = runner.invoke(app, ["rollout", "start", "animals", "1.0.0", "--stages", ",", *admin])
     assert result.exit_code == 2 and "names no stage" in result.output
+    result = runner.invoke(app, ["rollout", "shadow", "start", "trial", "animals", *admin])
+    assert result.exit_code == 2 and "should be MODEL@VERSION" in result.output, result.output
     assert registry.admin.get("/api/v1/rollouts").json() == []
+    assert registry.admin.get("/api/v1/shadows").json() == []
