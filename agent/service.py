@@ -77,7 +77,7 @@ from agent.slots import Slots
 from agent.systemd import Notifier
 from agent.telemetry import Nvml, sample_telemetry
 from corral.bundle import Bundle
-from corral.payloads import installed_event
+from corral.payloads import installed_event, rolled_back_event
 from corral.profiles import FirmwareProfile
 
 __all__ = ["AgentService", "InstallBackoff"]
@@ -195,7 +195,8 @@ class AgentService:
         self.lock = DataDirLock(self.data_dir)
         self.rollbacks = 0
         self._probation: _Probation | None = None
-        self._start_events: list[tuple[str, str, dict[str, Any]]] = []
+        self._start_events: list[dict[str, Any]] = []
+        self._stopped = False
         self._retry_backoff_s = retry_backoff_s
         self.shadow: ShadowReconciler | None = None
 
@@ -247,6 +248,7 @@ class AgentService:
             CameraError: a camera cannot be opened.
         """
         self.lock.acquire()
+        self._stopped = False
         try:
             self._start()
         except BaseException:
@@ -309,8 +311,8 @@ class AgentService:
         self.link.start()
         if load_error is not None:
             self._event("load_failed", load_error)
-        for event, message, fields in self._start_events:
-            self._event(event, message, **fields)
+        for body in self._start_events:
+            self.link.publish("events", body)
         self._start_events.clear()
         self._stop.clear()
         for name, target in (("reconciler", self._reconcile_loop), ("reporter", self._report_loop)):
@@ -326,7 +328,12 @@ class AgentService:
         )
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop cleanly: last windows out, ``offline`` status acknowledged (bounded), all closed."""
+        """Stop cleanly: last windows out, ``offline`` status acknowledged (bounded), all closed.
+
+        A second call does nothing (a signal handler and a ``finally`` may both stop).
+        """
+        if self._stopped:
+            return
         self._stop.set()
         self._kick.set()
         if self.api is not None:
@@ -349,6 +356,7 @@ class AgentService:
         if close is not None:
             close()
         self.lock.release()
+        self._stopped = True
         logger.info("agent stopped")
 
     def run_forever(self) -> None:
@@ -418,17 +426,12 @@ class AgentService:
             self.rejections.add(key, "smoke_test", self._desired_seq)
             self.rollbacks += 1
             self._start_events.append(
-                (
-                    "rolled_back",
-                    f"{key[0]} {key[1]} rolled back to {slot.model} {slot.version} at start: {e}",
-                    {
-                        "model": key[0],
-                        "version": key[1],
-                        "reason": "smoke_test",
-                        "stage": "start",
-                        "to_model": slot.model,
-                        "to_version": slot.version,
-                    },
+                rolled_back_event(
+                    *key,
+                    reason="smoke_test",
+                    stage="start",
+                    to=(slot.model, slot.version),
+                    why=str(e),
                 )
             )
         return runtime, None
@@ -664,30 +667,29 @@ class AgentService:
         if installed is None or installed == key:
             return  # nothing to roll back to: the caller reports rollback_failed
         self.rollbacks += 1
-        fields: dict[str, Any] = {
-            "model": key[0],
-            "version": key[1],
-            "reason": verdict.reason,
-            "stage": stage,
-            "to_model": installed[0],
-            "to_version": installed[1],
-        }
+        figures: dict[str, Any] = {}
         if stats is not None:
             p95 = stats.p95()
-            fields |= {
+            figures |= {
                 "frames": stats.frames,
                 "errors": stats.errors,
                 "nonfinite": stats.nonfinite,
                 "latency_p95_ms": None if p95 is None else round(p95, 3),
             }
         if swap_ms is not None:
-            fields["swap_ms"] = round(swap_ms, 3)
-        self._event(
-            "rolled_back",
-            f"{key[0]} {key[1]} rolled back to {installed[0]} {installed[1]} "
-            f"({verdict.reason}): {verdict.message}; it is installed again only on a new rollout",
-            **fields,
-        )
+            figures["swap_ms"] = round(swap_ms, 3)
+        if self.link is not None:
+            self.link.publish(
+                "events",
+                rolled_back_event(
+                    *key,
+                    reason=verdict.reason,
+                    stage=stage,
+                    to=installed,
+                    why=verdict.message,
+                    **figures,
+                ),
+            )
 
     # --- reporting ------------------------------------------------------------------
 

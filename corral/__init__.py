@@ -24,7 +24,15 @@ from corral.errors import (
     ProfileError,
     VersionError,
 )
-from corral.payloads import Message, VariantFallback, decode, encode, installed_event, utc_now
+from corral.payloads import (
+    Message,
+    VariantFallback,
+    decode,
+    encode,
+    installed_event,
+    rolled_back_event,
+    utc_now,
+)
 from corral.profiles import (
     FirmwareProfile,
     HardwareFacts,
@@ -68,6 +76,7 @@ __all__ = [
     "load_profile",
     "load_profiles",
     "parse_topic",
+    "rolled_back_event",
     "select_profile",
     "topic",
     "utc_now",

@@ -32,6 +32,7 @@ __all__ = [
     "decode",
     "encode",
     "installed_event",
+    "rolled_back_event",
     "utc_now",
 ]
 
@@ -164,6 +165,52 @@ def installed_event(
     if fallback is not None:
         body["fallback"] = fallback.to_dict()
     return body
+
+
+def rolled_back_event(
+    model: str,
+    version: str,
+    *,
+    reason: str,
+    stage: str,
+    to: tuple[str, str],
+    why: str,
+    **figures: Any,
+) -> dict[str, Any]:
+    """The body of the ``events`` payload that says a device rolled a version back.
+
+    Args:
+        model: the model's name.
+        version: the version rolled back (it is installed again only on a new
+            rollout: the agent remembers it as rejected).
+        reason: the reason code (``smoke_test``, ``nan``, ``errors``, ``latency``...).
+        stage: when: ``start`` (the installed model failed at boot), ``install``
+            or ``probation`` (its first minutes after the swap).
+        to: the (model, version) running now.
+        why: what failed, in words.
+        **figures: what the verdict was drawn from (``frames``, ``errors``,
+            ``nonfinite``, ``latency_p95_ms``, ``swap_ms``), added as they are.
+
+    Returns:
+        ``{"event": "rolled_back", "message", "model", "version", "reason",
+        "stage", "to_model", "to_version", **figures}``.
+
+    Raises:
+        Nothing.
+    """
+    when = " at start" if stage == "start" else ""
+    return {
+        "event": "rolled_back",
+        "message": f"{model} {version} rolled back to {to[0]} {to[1]}{when} ({reason}): {why}; "
+        "it is installed again only on a new rollout",
+        "model": model,
+        "version": version,
+        "reason": reason,
+        "stage": stage,
+        "to_model": to[0],
+        "to_version": to[1],
+        **figures,
+    }
 
 
 @dataclass

@@ -195,6 +195,46 @@ def test_a_failed_smoke_test_rolls_back_and_is_not_retried(
     assert service.rejections.reason(("tiny", "1.2.0")) == "smoke_test"
 
 
+def test_an_installed_model_that_fails_its_smoke_test_at_start_rolls_back(
+    running: tuple[AgentService, Desired, Watcher], repo: TufRepo
+) -> None:
+    service, desired, watcher = running
+    good = make_model(4)
+    publish_bundle(repo, make_bundle("tiny", "1.3.0", good), {MODEL_FILE: good})
+    desired.value = ("tiny", "1.3.0")
+    assert wait_for(lambda: watcher.of("events", event="installed", version="1.3.0"))
+    service.stop()
+    # The disk changed under the installed model (a bad sector, a bad copy): it still
+    # loads, but no longer gives its golden outputs.
+    assert service.updater is not None
+    slot = service.updater.current()
+    assert slot is not None and slot.version == "1.3.0"
+    (slot.path / MODEL_FILE).write_bytes(make_model(5))
+
+    again = AgentService(
+        service.data_dir,
+        [f"folder:{make_images(service.data_dir.parent / 'imgs2')}?fps=60"],
+        config=service.config,
+        profile=service.profile,
+        poll_desired=desired,
+        health=HealthBudget(window_s=30.0, min_frames=5),
+        health_check_s=0.05,
+    )
+    again.start()
+    try:
+        assert wait_for(lambda: watcher.of("events", event="rolled_back", stage="start"))
+        event = watcher.of("events", event="rolled_back", stage="start")[0].body
+        assert (event["version"], event["reason"]) == ("1.3.0", "smoke_test")
+        assert (event["to_model"], event["to_version"]) == ("tiny", "1.0.0")
+        assert "at start" in event["message"]
+        assert again.installed == ("tiny", "1.0.0")
+        # Still desired, but rejected here: only a new hint brings it back.
+        assert desired.polled_again(5)
+        assert again.installed == ("tiny", "1.0.0")
+    finally:
+        again.stop()
+
+
 def test_a_rejection_survives_a_restart_and_yields_to_a_newer_hint(tmp_path: Path) -> None:
     path = tmp_path / "rejected.json"
     Rejections(path).add(("tiny", "1.1.0"), "nan_outputs", hint_seq=7)

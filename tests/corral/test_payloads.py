@@ -16,6 +16,7 @@ from corral import (
     encode,
     installed_event,
     parse_topic,
+    rolled_back_event,
     topic,
 )
 
@@ -117,6 +118,42 @@ def test_the_installed_event_names_the_variant_and_a_fallback_when_given(
     assert {k: body[k] for k in extra} == extra
     assert ("fallback" in body) == (fallback is not None)
     assert decode("events", encode("events", "park-1", 7, body)).body == body
+
+
+@pytest.mark.parametrize(
+    ("stage", "figures", "message"),
+    [
+        (
+            "start",
+            {},
+            "tiny 1.1.0 rolled back to tiny 1.0.0 at start (smoke_test): off by 0.4; "
+            "it is installed again only on a new rollout",
+        ),
+        (
+            "probation",
+            {"frames": 40, "nonfinite": 40, "swap_ms": 0.2},
+            "tiny 1.1.0 rolled back to tiny 1.0.0 (smoke_test): off by 0.4; "
+            "it is installed again only on a new rollout",
+        ),
+    ],
+)
+def test_the_rolled_back_event_says_from_what_to_what_and_why(
+    stage: str, figures: dict[str, object], message: str
+) -> None:
+    body = rolled_back_event(
+        "tiny",
+        "1.1.0",
+        reason="smoke_test",
+        stage=stage,
+        to=("tiny", "1.0.0"),
+        why="off by 0.4",
+        **figures,
+    )
+    assert body["message"] == message
+    assert body["event"] == "rolled_back" and body["stage"] == stage
+    assert (body["to_model"], body["to_version"]) == ("tiny", "1.0.0")
+    assert {k: body[k] for k in figures} == figures
+    assert decode("events", encode("events", "park-1", 8, body)).body == body
 
 
 def test_unknown_body_fields_are_kept_for_newer_senders() -> None:
