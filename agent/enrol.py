@@ -17,6 +17,12 @@ Order of writes: ``tuf/metadata/root.json`` and ``mqtt-ca.pem`` first,
 ``agent.json`` last, because the existence of agent.json is what "enrolled"
 means. An existing enrolment is refused before the token is spent, unless
 ``force`` (which also clears the cached TUF metadata of the old repository).
+
+A busy registry (429, or 503 with ``Retry-After``: ``agent.backoff``) turns
+the request away before it reads the token, so the token is not spent: the
+request is made again after the wait it asks for (at most a minute each, three
+tries in all), so that a technician running the install script does not have
+to start over because the registry was briefly at its limit.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +39,7 @@ from tuf.api.exceptions import RepositoryError
 from tuf.api.metadata import Metadata, Root
 
 import corral
+from agent.backoff import busy_wait_s, jitter
 from agent.config import CONFIG_FILE, MQTT_CA_FILE, AgentConfig, write_file_atomic
 from agent.errors import ConfigError, EnrolmentError
 from corral.errors import PayloadError, TlsConfigError
@@ -45,6 +53,9 @@ logger = logging.getLogger(__name__)
 
 ENROL_PATH = "/api/v1/enrol"
 _TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+#: Requests made while the registry says busy, and the longest wait between two.
+_BUSY_TRIES = 3
+_BUSY_WAIT_CAP_S = 60.0
 _MAX_ANSWER = 1 << 20  # an enrolment answer is a few kB; a root with many keys stays far below
 
 
@@ -90,6 +101,11 @@ def _refusal(response: httpx.Response, device_id: str) -> EnrolmentError:
         )
     if status == 422:
         return EnrolmentError(f"the registry refused the enrolment request as invalid: {detail}")
+    if busy_wait_s(status, response.headers) is not None:
+        return EnrolmentError(
+            f"the registry is busy (HTTP {status}: {detail}) and stayed so over {_BUSY_TRIES} "
+            "tries; the token is not spent: enrol again in a few minutes"
+        )
     return EnrolmentError(
         f"the registry answered HTTP {status} to the enrolment ({detail}); try again later"
     )
@@ -183,8 +199,9 @@ def enrol(
 
     Raises:
         EnrolmentError: already enrolled without ``force``, bad device id or URL,
-            the registry refused (403 token, 409 id taken, 422 bad input) or could
-            not be reached, or its answer breaks the contract.
+            the registry refused (403 token, 409 id taken, 422 bad input), stayed
+            busy over three tries, or could not be reached, or its answer breaks
+            the contract.
         ConfigError: agent.json or root.json cannot be written.
     """
     data_dir = Path(data_dir)
@@ -209,7 +226,16 @@ def enrol(
     }
     url = base + ENROL_PATH
     logger.info("enrolling %s at %s", device_id, url)
-    response = _post(url, body, timeout, transport)
+    for attempt in range(1, _BUSY_TRIES + 1):
+        response = _post(url, body, timeout, transport)
+        busy = busy_wait_s(response.status_code, response.headers)
+        if busy is None or attempt == _BUSY_TRIES:
+            break
+        wait = min(jitter(busy, low=0.0), _BUSY_WAIT_CAP_S)
+        logger.warning(
+            "the registry is busy (HTTP %d); enrolling again in %.0f s", response.status_code, wait
+        )
+        time.sleep(wait)
     if response.status_code != 201:
         raise _refusal(response, device_id)
     if len(response.content) > _MAX_ANSWER:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import stat
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -33,6 +34,10 @@ class FakeRegistry:
     answer: Any = None
     bodies: list[dict[str, Any]] = field(default_factory=list)
     url: str = ""
+    #: (status, Retry-After) answered, one each, before ``status``: a registry at its limit.
+    busy: list[tuple[int, str]] = field(default_factory=list)
+    #: When each request arrived (time.monotonic()).
+    times: list[float] = field(default_factory=list)
 
 
 @pytest.fixture
@@ -43,10 +48,16 @@ def registry() -> Iterator[FakeRegistry]:
         def do_POST(self) -> None:  # noqa: N802 (http.server names it)
             length = int(self.headers.get("Content-Length", 0))
             fake.bodies.append({"path": self.path, **json.loads(self.rfile.read(length))})
+            fake.times.append(time.monotonic())
             body = json.dumps(fake.answer).encode()
             if self.path != "/api/v1/enrol":
                 self.send_response(404)
                 body = b'{"detail": "Not Found"}'
+            elif fake.busy:
+                status, retry_after = fake.busy.pop(0)
+                self.send_response(status)
+                self.send_header("Retry-After", retry_after)
+                body = b'{"detail": "the registry is busy; try again"}'
             else:
                 self.send_response(fake.status)
             self.send_header("Content-Type", "application/json")
@@ -149,6 +160,33 @@ def test_refusals_are_enrolment_errors(
     with pytest.raises(EnrolmentError, match=message):
         enrol(registry.url, "one-time", "park-1", tmp_path, FACTS, profile)
 
+    assert not (tmp_path / "agent.json").exists()
+
+
+def test_a_busy_registry_is_asked_again_after_its_retry_after(
+    tmp_path: Path, registry: FakeRegistry, profile: FirmwareProfile
+) -> None:
+    repo = TufRepo()
+    registry.answer = answer(repo, registry.url)
+    registry.busy = [(503, "1"), (429, "0")]
+
+    config = enrol(registry.url, "one-time", "park-1", tmp_path, FACTS, profile)
+
+    assert config.device_token == "dev-token"
+    assert len(registry.times) == 3
+    assert registry.times[1] - registry.times[0] >= 1.0, "the Retry-After was not waited"
+
+
+def test_a_registry_busy_over_three_tries_is_an_enrolment_error(
+    tmp_path: Path, registry: FakeRegistry, profile: FirmwareProfile
+) -> None:
+    registry.answer = answer(TufRepo(), registry.url)
+    registry.busy = [(503, "0")] * 5
+
+    with pytest.raises(EnrolmentError, match="busy .* the token is not spent"):
+        enrol(registry.url, "one-time", "park-1", tmp_path, FACTS, profile)
+
+    assert len(registry.times) == 3
     assert not (tmp_path / "agent.json").exists()
 
 
