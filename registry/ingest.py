@@ -35,12 +35,18 @@ The summary's ``accuracy`` is cumulative: correct / labelled summed over every
 accuracy window since the device reported its current model version (the
 counts reset when the reported model or version changes); the latest window's
 own figure is kept too (``accuracy_window``).
+
+The summary's ``variant`` (fp32, int8, a TensorRT variant) is the latest
+status's; null when that status had none (no model, or an agent that predates
+the field), and from an inference window naming another version until the
+status that follows it.
 """
 
 from __future__ import annotations
 
 import logging
 import queue
+import re
 import threading
 from collections import Counter
 from collections.abc import Iterable
@@ -63,6 +69,9 @@ from registry.mqtt import IncomingMessage
 from registry.tables import Device, Event, Message
 
 __all__ = ["Ingest", "lock_devices"]
+
+#: A bundle variant's name, as ``corral.bundle`` checks it (``trt-fp16-l4-trt10.3``).
+_VARIANT = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
 #: Per device, the (first, last) seq runs retention folded, sorted.
 
@@ -321,6 +330,15 @@ def _number(value: Any) -> float | None:
     return float(value)
 
 
+def _variant(value: Any, device_id: str) -> str | None:
+    """A status's ``variant`` if it is a variant name (as ``corral.bundle`` allows), else None."""
+    if value is None or (isinstance(value, str) and _VARIANT.match(value)):
+        return value
+    # The rest of the status is good: keep it, and call the variant not reported.
+    logger.warning("status of %s has a bad variant %.80r; taken as not reported", device_id, value)
+    return None
+
+
 def _apply(session: Session, device: Device, payload: Payload) -> None:
     """Fold one payload into the device summary, in arrival order."""
     body = payload.body
@@ -334,6 +352,11 @@ def _apply(session: Session, device: Device, payload: Payload) -> None:
         device.state = body["state"]
         device.model, device.version = body["model"], body["version"]
         device.profile = body["profile"] or device.profile
+        # A status says what runs now, so a status without `variant` (an agent that
+        # predates it) sets None, "not reported", rather than keep what an earlier
+        # status said: that may have been another version or another agent's choice,
+        # and a wrong engine name misleads more than no name.
+        device.variant = _variant(body.get("variant"), payload.device_id)
     elif payload.kind == "inference":
         latency = body["latency_ms"]
         device.fps = float(body["fps"])
@@ -342,6 +365,11 @@ def _apply(session: Session, device: Device, payload: Payload) -> None:
         device.frames = (device.frames or 0) + body["frames"]
         device.drops = (device.drops or 0) + body["drops"]
         if body["version"] is not None:
+            if (body["model"], body["version"]) != (device.model, device.version):
+                # Another version than the last status named (windows can arrive
+                # before the status that follows an install): its variant is not
+                # known until that status.
+                device.variant = None
             device.model, device.version = body["model"], body["version"]
     elif payload.kind == "accuracy":
         if (body["model"], body["version"]) != (device.acc_model, device.acc_version):

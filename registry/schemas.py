@@ -163,6 +163,9 @@ class DeviceSummary(BaseModel):
     state: str | None
     model: str | None
     version: str | None
+    #: The bundle variant the reported version runs as (``fp32``, ``int8``, a TensorRT
+    #: variant such as ``trt-fp16-l4-trt10.3``); null: no model, or not reported.
+    variant: str | None
     desired_model: str | None
     desired_version: str | None
     fps: float | None

@@ -117,6 +117,9 @@ class Device(Base):
     state: Mapped[str | None] = mapped_column(String(16))
     model: Mapped[str | None] = mapped_column(String(63))
     version: Mapped[str | None] = mapped_column(String(64))
+    # The bundle variant that version runs as (fp32, int8, a TensorRT variant), from
+    # the status; None: no model, not reported (agents before it), or not yet known.
+    variant: Mapped[str | None] = mapped_column(String(64))
     fps: Mapped[float | None] = mapped_column(Float)
     latency_p50_ms: Mapped[float | None] = mapped_column(Float)
     latency_p95_ms: Mapped[float | None] = mapped_column(Float)

@@ -22,9 +22,13 @@ device_app = typer.Typer(no_args_is_help=True, help="Manage one device.")
 
 
 def device_table(devices: list[dict[str, Any]]) -> Table:
-    """A table of device summaries, as ``corral devices`` and the demo print it."""
+    """A table of device summaries, as ``corral devices`` and the demo print it.
+
+    ``variant`` is the bundle variant the device reports running (fp32, int8, a
+    TensorRT variant); ``-`` when it has no model or its agent does not say.
+    """
     table = Table(title="Devices")
-    left = ("device", "state", "model", "version")
+    left = ("device", "state", "model", "version", "variant")
     for column in (*left, "frames", "fps", "p95 ms", "accuracy", "labelled"):
         table.add_column(column, justify="left" if column in left else "right", no_wrap=True)
     for d in devices:
@@ -36,6 +40,7 @@ def device_table(devices: list[dict[str, Any]]) -> Table:
             fmt(d.get("state")),
             fmt(d.get("model")),
             version,
+            fmt(d.get("variant")),
             fmt(d.get("frames")),
             fmt(d.get("fps"), ".1f"),
             fmt(d.get("latency_p95_ms"), ".2f"),

@@ -35,7 +35,7 @@ import pytest
 
 from agent.simulate import Cohort, Fleet
 from corral.local import LocalFleet
-from corral.payloads import encode
+from corral.payloads import VariantFallback, encode, installed_event
 from corral.topics import topic
 from tests.agent.test_simulate import tiny_bundle
 
@@ -97,8 +97,11 @@ class GpuBox:
 
     The payloads go through :func:`corral.payloads.encode` and the real broker,
     exactly as an agent's would; only the numbers are made up (a slow warm-up
-    of the GPU, a frame rate near 25).
+    of the GPU, a frame rate near 25). It runs the TensorRT variant ``VARIANT``
+    until :meth:`fall_back` says that variant failed on a reinstall.
     """
+
+    VARIANT = "trt-fp16-rtx-a2000-trt10.3"
 
     def __init__(self, device_id: str, every_s: float = 0.5) -> None:
         import paho.mqtt.client as mqtt
@@ -107,6 +110,7 @@ class GpuBox:
         self.device_id = device_id
         self.every_s = every_s
         self.seq = 0
+        self.variant = self.VARIANT
         self._lock = threading.Lock()  # the test thread sends status while _run reports
         self._stop = threading.Event()
         self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"console-{device_id}")
@@ -130,9 +134,20 @@ class GpuBox:
         self._client.loop_stop()
         self._client.disconnect()
 
-    @staticmethod
-    def _status(state: str) -> dict[str, Any]:
-        return {"state": state, "model": "tiny", "version": "1.0.0", "profile": "x86-nvidia"}
+    def fall_back(self) -> None:
+        """Reinstall 1.0.0 as an agent whose TensorRT engine did not load would: on fp32."""
+        failed = VariantFallback(self.VARIANT, "incompatible", "engine built for TensorRT 10.4")
+        event = installed_event(
+            "tiny", "1.0.0", seconds=1.5, smoke_diff=0.0, swap_ms=2.0, variant="fp32",
+            fallback=failed,
+        )  # fmt: skip
+        self.variant = "fp32"
+        self._send("events", event)
+        self.set_status("online")
+
+    def _status(self, state: str) -> dict[str, Any]:
+        return {"state": state, "model": "tiny", "version": "1.0.0", "profile": "x86-nvidia",
+                "variant": self.variant}  # fmt: skip
 
     def _send(self, kind: str, body: dict[str, Any]) -> None:
         with self._lock:

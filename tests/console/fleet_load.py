@@ -61,6 +61,7 @@ def seed_devices(registry_dir: Path, n: int, start: int = 0) -> list[str]:
                 "state": "offline" if offline else "online",
                 "model": "tiny",
                 "version": "1.1.0" if i % 10 == 0 else "1.2.0",
+                "variant": "trt-fp16-l4-trt10.3" if i % 3 else "fp32",
                 "fps": 15.0 + (i % 7),
                 "latency_p50_ms": 5.0 + (i % 5),
                 "latency_p95_ms": 8.0 + (i % 11),

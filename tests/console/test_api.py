@@ -17,7 +17,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from corral.payloads import encode
+from corral.payloads import VariantFallback, encode, installed_event
 from corral.topics import topic
 from registry.api.routes.series import FIELDS, MAX_SPARKLINE_DEVICES, SCAN_FACTOR
 from registry.tables import Alert
@@ -243,6 +243,44 @@ def test_the_stream_sends_the_fleet_then_only_changes(registry: Any) -> None:
             changed = [(n, b) for n, b in _events(lines, "tick") if n == "devices"]
         assert changed and changed[0][1]["full"] is False
         assert [d["site"] for d in changed[0][1]["changed"]] == ["north-gate"]
+
+
+def test_the_variant_and_a_fallback_reach_the_fleet_and_the_device_page(
+    registry: Any, publisher: mqtt.Client
+) -> None:
+    device, older = _enrolled(registry), _enrolled(registry)
+    trt = "trt-fp16-l4-trt10.3"
+    failed = VariantFallback(trt, "incompatible", "engine built for another TensorRT")
+    installed = installed_event(
+        "animals", "1.0.0", seconds=2.5, smoke_diff=0.0, swap_ms=3.0, variant="fp32",
+        fallback=failed,
+    )  # fmt: skip
+    _publish(publisher, device, "events", 1, installed)
+    status = {"state": "online", "model": "animals", "version": "1.0.0", "profile": "x86-nvidia"}
+    _publish(publisher, device, "status", 2, {**status, "variant": "fp32"})
+    _publish(publisher, device, "status", 3, {**status, "variant": trt})
+    _publish(publisher, older, "status", 1, status)  # an agent from before the field
+    _stored(registry, device, 3)
+    _stored(registry, older, 1)
+
+    listed = {d["device_id"]: d for d in registry.admin.get("/api/v1/devices").json()}
+    assert (listed[device]["variant"], listed[older]["variant"]) == (trt, None)
+    detail = registry.admin.get(f"/api/v1/devices/{device}").json()
+    assert detail["variant"] == trt
+    # The device page lists the events' messages: this one names both variants.
+    (event,) = detail["events"]
+    assert event["message"] == f"installed animals 1.0.0 (fp32; {trt} did not load) in 2.50 s"
+    assert event["data"]["variant"] == "fp32"
+    assert event["data"]["fallback"] == {
+        "variant": trt, "reason": "incompatible", "detail": "engine built for another TensorRT",
+    }  # fmt: skip
+    # The console's stream builds its summaries apart from the API: the variant is in them.
+    with registry.admin.stream("GET", "/api/v1/console/stream") as response:
+        first = _events(response.iter_lines(), "tick")
+    (streamed,) = [body for name, body in first if name == "devices"]
+    summaries = {d["device_id"]: d for d in streamed["changed"]}
+    assert summaries[device] == listed[device] and summaries[device]["variant"] == trt
+    assert summaries[older]["variant"] is None
 
 
 def _alert(severity: str, **extra: Any) -> Alert:

@@ -165,6 +165,13 @@ def test_sign_in_and_see_the_fleet(tab: Console, world: World, shots: Path) -> N
     # The stream keeps it live: a device's age of last data stays seconds.
     gpu_row = page.locator(f"#devices tr[data-device='{world.gpu.device_id}']")
     assert gpu_row.locator("td").nth(2).inner_text().endswith(" s")
+    # Which engine each runs: the GPU box's TensorRT variant; plain fp32 goes unsaid.
+    assert gpu_row.locator("td").nth(3).inner_text() == f"tiny 1.0.0 · {world.gpu.VARIANT}"
+    sim = world.fleet.device_ids[0]
+    with world.local.client() as client:
+        assert {d["device_id"]: d["variant"] for d in client.devices()}[sim] == "fp32"
+    sim_row = page.locator(f"#devices tr[data-device='{sim}']")
+    assert sim_row.locator("td").nth(3).inner_text() == "tiny 1.0.0"
     # Sparklines are drawn for the page's devices once their history is in.
     _wait(
         lambda: int(gpu_row.locator("td.spark").get_attribute("data-points") or 0) >= 2,
@@ -210,6 +217,8 @@ def test_a_device_page_charts_move_as_reports_arrive(
     assert int(tab.data("#chart-inference", "points")) > points
     _wait(lambda: "GPU temperature" in (page.text_content("#device-facts") or ""), "the facts")
     assert "°C" in (page.text_content("#device-facts") or "")
+    variant = page.locator("#device-facts dt:text-is('Variant') + dd")
+    assert variant.inner_text() == world.gpu.VARIANT
 
     sim = world.fleet.device_ids[0]
     tab.open(f"#/devices/{sim}")
@@ -220,6 +229,14 @@ def test_a_device_page_charts_move_as_reports_arrive(
     _wait(lambda: int(tab.data("#chart-telemetry", "points") or 0) > 2, "the telemetry chart")
     page.wait_for_timeout(600)  # let the charts settle before the picture
     tab.shot(shots, "device.png")
+
+    # A reinstall whose TensorRT engine does not load falls back to fp32, and says so.
+    world.gpu.fall_back()
+    page.wait_for_selector("#device-events td:has-text('did not load')")
+    assert f"(fp32; {world.gpu.VARIANT} did not load)" in page.inner_text("#device-events")
+    installs = page.inner_text("#device-versions")
+    assert f"1.0.0 · fp32\n{world.gpu.VARIANT} did not load" in installs, installs
+    _wait(lambda: variant.inner_text() == "fp32", "the variant to say fp32")
 
 
 def test_a_rollout_advances_stage_by_stage_on_its_page(

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
+from rich.console import Console
 from typer.testing import CliRunner
 
-from corral.cli import app
+from corral.cli import app, device_table
 
 
 def test_api_token_alias_audit_and_revoke_commands(registry: Any) -> None:
@@ -59,3 +61,21 @@ def test_a_bad_rollout_plan_is_refused_with_its_reason_and_starts_nothing(
     assert result.exit_code == 2 and "should be MODEL@VERSION" in result.output, result.output
     assert registry.admin.get("/api/v1/rollouts").json() == []
     assert registry.admin.get("/api/v1/shadows").json() == []
+
+
+def test_the_devices_table_shows_the_variant_each_device_runs() -> None:
+    summary = {"state": "online", "model": "animals", "version": "1.2.0", "frames": 10}
+    devices = [
+        {**summary, "device_id": "cam-l4", "variant": "trt-fp16-l4-trt10.3"},
+        {**summary, "device_id": "cam-cpu", "variant": "fp32"},
+        {**summary, "device_id": "cam-old"},  # an agent that does not report it
+    ]
+    out = Console(width=200, record=True)
+    out.print(device_table(devices))
+    lines = [
+        line for line in out.export_text().splitlines() if "┃ device" in line or "cam-" in line
+    ]
+    cells = [[c.strip() for c in re.split("[│┃]", line)[1:-1]] for line in lines]
+    column = cells[0].index("variant")
+    assert cells[0][column - 1] == "version"
+    assert [row[column] for row in cells[1:]] == ["trt-fp16-l4-trt10.3", "fp32", "-"]

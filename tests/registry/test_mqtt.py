@@ -35,8 +35,8 @@ def _telemetry(device: str, seq: int) -> bytes:
     return encode("telemetry", device, seq, body)
 
 
-def _inference(device: str, seq: int, frames: int = 100) -> bytes:
-    body = {
+def _window(version: str, frames: int = 100) -> dict[str, Any]:
+    return {
         "window_s": 5.0,
         "frames": frames,
         "fps": 20.0,
@@ -44,9 +44,12 @@ def _inference(device: str, seq: int, frames: int = 100) -> bytes:
         "drops": 2,
         "class_counts": {"cat": 60, "dog": 40},
         "model": "animals",
-        "version": "1.0.0",
+        "version": version,
     }
-    return encode("inference", device, seq, body)
+
+
+def _inference(device: str, seq: int, frames: int = 100) -> bytes:
+    return encode("inference", device, seq, _window("1.0.0", frames))
 
 
 def test_rollout_publishes_a_retained_desired_hint(registry: Any) -> None:
@@ -218,3 +221,84 @@ def test_a_rollout_can_choose_the_variant_devices_install(registry: Any) -> None
     assert created.status_code == 201, created.text
     desired = registry.admin.get(f"/api/v1/devices/{device}/desired").json()
     assert (desired["version"], desired["variant"]) == ("3.0.0", "int8")
+
+
+def _status(device: str, seq: int, version: str | None, **extra: Any) -> bytes:
+    body = {"state": "online", "model": "animals" if version else None, "version": version}
+    return encode("status", device, seq, {**body, "profile": "x86-nvidia", **extra})
+
+
+def _published(registry: Any, device: str, messages: list[tuple[str, bytes]]) -> dict[str, Any]:
+    """Publish ``messages`` (kind, payload) in order; the device's detail once all are stored."""
+    before = registry.admin.get(f"/api/v1/devices/{device}").json()["seq"]["count"]
+    client = _client()
+    try:
+        for kind, payload in messages:
+            _publish(client, topic(device, kind), payload)
+        registry.wait_for(
+            lambda: registry.admin.get(f"/api/v1/devices/{device}").json()["seq"]["count"]
+            == before + len(messages),
+            timeout=20,
+            what=f"{len(messages)} more messages of {device}",
+        )
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    # Read again: on SQLite a read racing the commit may see the rows but not the summary.
+    return dict(registry.admin.get(f"/api/v1/devices/{device}").json())
+
+
+def _listed_variant(registry: Any, device: str) -> str | None:
+    (listed,) = [
+        d for d in registry.admin.get("/api/v1/devices").json() if d["device_id"] == device
+    ]
+    return listed["variant"]  # type: ignore[no-any-return]
+
+
+def test_the_variant_a_status_reports_is_the_devices_until_it_installs_another(
+    registry: Any,
+) -> None:
+    device = registry.unique_id()
+    registry.enrol(device)
+    registry.wait_for(registry.context.bridge.connected.is_set, what="registry on the broker")
+    assert registry.admin.get(f"/api/v1/devices/{device}").json()["variant"] is None
+    trt = "trt-fp16-l4-trt10.3"
+
+    running = _published(registry, device, [("status", _status(device, 1, "1.0.0", variant=trt))])
+    assert (running["version"], running["variant"]) == ("1.0.0", trt)
+    assert _listed_variant(registry, device) == trt
+    # Its own windows leave it; a window of another version (before the status
+    # that follows an install) makes it unknown; that status names the new one.
+    assert _published(registry, device, [("inference", _inference(device, 2))])["variant"] == trt
+    after_install = [("inference", encode("inference", device, 3, _window("1.1.0")))]
+    switched = _published(registry, device, after_install)
+    assert (switched["version"], switched["variant"]) == ("1.1.0", None)
+    fallback = _published(
+        registry, device, [("status", _status(device, 4, "1.1.0", variant="fp32"))]
+    )
+    assert (fallback["version"], fallback["variant"]) == ("1.1.0", "fp32")
+    # No model, no variant.
+    stopped = _published(registry, device, [("status", _status(device, 5, None, variant=None))])
+    assert (stopped["model"], stopped["variant"]) == (None, None)
+    assert _listed_variant(registry, device) is None
+
+
+def test_a_status_without_a_good_variant_leaves_it_unknown_and_keeps_the_rest(
+    registry: Any,
+) -> None:
+    device = registry.unique_id()
+    registry.enrol(device)
+    registry.wait_for(registry.context.bridge.connected.is_set, what="registry on the broker")
+    newer = _published(registry, device, [("status", _status(device, 1, "1.0.0", variant="int8"))])
+    assert newer["variant"] == "int8"
+    # An agent from before the field (downgraded, say) says nothing of its file:
+    # not the int8 an earlier agent reported.
+    older = _published(registry, device, [("status", _status(device, 2, "1.0.0"))])
+    assert (older["state"], older["version"], older["variant"]) == ("online", "1.0.0", None)
+    assert _listed_variant(registry, device) is None
+    _published(registry, device, [("status", _status(device, 3, "1.0.0", variant="int8"))])
+    for seq, bad in enumerate(["../../x", "x" * 65, 7, {"name": "int8"}], start=4):
+        detail = _published(
+            registry, device, [("status", _status(device, seq, "1.1.0", variant=bad))]
+        )
+        assert (detail["version"], detail["variant"]) == ("1.1.0", None), bad

@@ -10,13 +10,20 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Engine, MetaData, func, insert, inspect, select, text
 
 from corral.payloads import encode
 from corral.topics import topic
-from registry.core.db import INITIAL_REVISION, make_engine, make_session_factory, migrate
+from registry.core.db import (
+    INITIAL_REVISION,
+    alembic_config,
+    make_engine,
+    make_session_factory,
+    migrate,
+)
 from registry.ingest import Ingest
 from registry.mqtt import IncomingMessage
 from registry.tables import Base, Device, Message
@@ -82,6 +89,7 @@ def _check_rows_kept(engine: Engine) -> None:
             {"cpu": "x86"}, 1200, 10, "online",
         )  # fmt: skip
         assert (device.tags, device.site, device.group, device.revoked_at) == ([], None, None, None)
+        assert (device.variant, device.desired_variant) == (None, None)
         assert session.scalar(select(func.count(Message.id))) == 3
         assert session.execute(text("SELECT count(*) FROM events")).scalar_one() == 1
         assert session.execute(text("SELECT tags FROM enrolment_tokens")).scalar_one() in ([], "[]")
@@ -95,6 +103,43 @@ def test_initial_revision_upgrades_to_head_keeping_rows(engine: Engine) -> None:
     migrate(engine)
     assert _revision(engine) != INITIAL_REVISION
     _check_rows_kept(engine)
+
+
+def _downgrade(engine: Engine, revision: str) -> None:
+    """Alembic's downgrade to ``revision``, as ``migrate`` runs upgrades (the registry has none)."""
+    config = alembic_config()
+    sqlite = engine.dialect.name == "sqlite"
+    with engine.connect() as connection:
+        if sqlite:  # batch mode copies tables, which enforced foreign keys refuse
+            connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            connection.commit()
+        try:
+            with connection.begin():
+                config.attributes["connection"] = connection
+                command.downgrade(config, revision)
+        finally:
+            if sqlite:
+                connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+                connection.commit()
+
+
+def test_every_revision_downgrades_and_upgrades_again_keeping_rows(engine: Engine) -> None:
+    migrate(engine, INITIAL_REVISION)
+    _fill_initial_schema(engine)
+    migrate(engine)
+    head = _revision(engine)
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE devices SET variant = 'trt-fp16-l4-trt10.3'"))
+    _downgrade(engine, INITIAL_REVISION)
+    assert _revision(engine) == INITIAL_REVISION
+    assert "api_tokens" not in inspect(engine).get_table_names()
+    assert "variant" not in {c["name"] for c in inspect(engine).get_columns("devices")}
+    migrate(engine)
+    assert _revision(engine) == head
+    _check_rows_kept(engine)
+    with engine.connect() as connection:
+        differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+    assert differences == [], "after a round trip the tables differ from tables.py"
 
 
 def test_a_database_made_before_migrations_is_adopted(engine: Engine) -> None:

@@ -55,6 +55,7 @@ def summary(device: Device) -> DeviceSummary:
         state=device.state,
         model=device.model,
         version=device.version,
+        variant=device.variant,
         desired_model=device.desired_model,
         desired_version=device.desired_version,
         fps=device.fps,

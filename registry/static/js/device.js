@@ -60,6 +60,20 @@ const CHARTS = {
   },
 };
 
+// Why a TensorRT variant the agent chose was given up (an installed event's fallback.reason).
+const FAILED = { incompatible: "did not load", smoke_test: "failed its smoke test" };
+
+/** An install's version with its variant, and the variant it fell back from, if any. */
+function installedVersion(data) {
+  const out = [text(data.version)];
+  if (typeof data.variant === "string") out.push(h("span", { class: "variant" }, ` · ${data.variant}`));
+  const f = data.fallback;
+  if (f && typeof f === "object" && typeof f.variant === "string") {
+    out.push(h("div", { class: "fallback" }, `${f.variant} ${FAILED[f.reason] || `failed (${text(f.reason)})`}`));
+  }
+  return out;
+}
+
 export function mount(root, session, id) {
   const { api, store } = session;
   let windowS = 3600;
@@ -123,6 +137,8 @@ export function mount(root, session, id) {
     const fact = (label, value) => [h("dt", {}, label), h("dd", {}, value)];
     facts.replaceChildren(
       ...fact("Model", d.model ? `${d.model} ${text(d.version)}` : DASH),
+      // "not reported": an agent that predates the field, or a new version before its status.
+      ...fact("Variant", d.model ? d.variant || "not reported" : DASH),
       ...fact("Desired", d.desired_version ? `${d.desired_model} ${d.desired_version}` : DASH),
       ...fact("Last data", d.last_seen ? ago(d.last_seen) + " ago" : "never"),
       ...fact("Profile", text(d.profile)),
@@ -148,7 +164,7 @@ export function mount(root, session, id) {
       h("td", {}, badge(e.event.replace("_", " "), e.event === "installed" ? "passed" : "failed")),
       h("td", {}, e.event === "rolled_back"
         ? `${text(e.data.version)} → ${text(e.data.to_version)}`
-        : text(e.data.version)),
+        : installedVersion(e.data)),
     )) : [h("tr", {}, h("td", { colspan: 3, class: "empty" }, "No installs among the last 50 events."))]));
     events.replaceChildren(...(detail.events.length ? detail.events.map(e => h("tr", {},
       h("td", { class: "num" }, e.seq), h("td", {}, when(e.ts)), h("td", {}, e.event),

@@ -33,7 +33,7 @@ function sortValue(d, key, now) {
   switch (key) {
     case "status": return SEVERITY[deviceStatus(d, now)];
     case "age": return d.last_seen ? -Date.parse(d.last_seen) : -Infinity;
-    case "model": return (d.model || "") + " " + (d.version || "");
+    case "model": return (d.model || "") + " " + (d.version || "") + " " + (d.variant || "");
     case "site": return (d.site || "") + " " + (d.group || "");
     default: return d[key];
   }
@@ -127,7 +127,7 @@ export function mount(root, session) {
     if (state.filter === "updating") { if (!updating(d)) return false; }
     else if (state.filter !== "all" && deviceStatus(d, now) !== state.filter) return false;
     if (!state.search) return true;
-    const hay = [d.device_id, d.site, d.group, d.profile, d.model, d.version, ...(d.tags || [])]
+    const hay = [d.device_id, d.site, d.group, d.profile, d.model, d.version, d.variant, ...(d.tags || [])]
       .filter(Boolean).join(" ").toLowerCase();
     return state.search.split(/\s+/).every(word => hay.includes(word));
   }
@@ -148,6 +148,10 @@ export function mount(root, session) {
     c[1].replaceChildren(badge(status));
     c[2].textContent = ago(d.last_seen, now);
     c[3].replaceChildren(d.model ? `${d.model} ${text(d.version)}` : DASH);
+    // The variant unless it is plain fp32, so the engines of a mixed-GPU fleet stand out.
+    if (d.model && d.variant && d.variant !== "fp32") {
+      c[3].append(h("span", { class: "variant" }, ` · ${d.variant}`));
+    }
     if (updating(d)) c[3].append(h("div", { class: "desired" }, `→ ${d.desired_model} ${d.desired_version}`));
     c[4].textContent = fixed(d.fps, 1);
     c[5].textContent = fixed(d.latency_p95_ms, 1);
