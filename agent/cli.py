@@ -1,7 +1,8 @@
 """``corral agent``: enrol this park computer, run the agent, show what it runs.
 
 The main CLI mounts :data:`app` as ``corral agent`` and :func:`predict` as
-``corral predict`` (offline predictions over image files, :mod:`agent.predict`).
+``corral predict`` (offline predictions over image files and manifests with a
+bundle folder or a registry version, :mod:`agent.predict`, :mod:`agent.bundle_cache`).
 Only typer, rich and the standard library are imported here; each command
 imports the agent's heavy modules (OpenCV, ONNX Runtime, paho) when it runs, so
 ``corral --help`` stays fast on every role's machine.
@@ -12,10 +13,14 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from agent.predict import Evaluation, Prediction
+    from agent.runtime import ModelRuntime
 
 __all__ = ["EXIT_BAD_INPUT", "app", "predict"]
 
@@ -153,18 +158,50 @@ def _bad_input(message: str) -> typer.Exit:
 
 
 def predict(
-    bundle_dir: Annotated[
-        Path,
-        typer.Argument(
-            metavar="BUNDLE_DIR", help="A bundle folder: bundle.json and its model files."
-        ),
-    ],
-    inputs: Annotated[
+    paths: Annotated[
         list[Path],
         typer.Argument(
-            metavar="IMAGE_OR_FOLDER", help="Image files (PNG, JPEG, BMP) or folders of them."
+            metavar="[BUNDLE_DIR] INPUT...",
+            help="Without --model, a bundle folder (bundle.json and its model files) and "
+            "then the inputs; with --model, only inputs. An input is an image file (PNG, "
+            "JPEG, BMP), a folder of them, or a .csv/.jsonl manifest of path[,label].",
+            show_default=False,
         ),
     ],
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            metavar="NAME@VERSION",
+            help="Fetch this version from the registry (cached; later runs need no "
+            "registry) instead of giving BUNDLE_DIR.",
+        ),
+    ] = None,
+    registry: Annotated[
+        str | None,
+        typer.Option("--registry", envvar="CORRAL_REGISTRY", help="Registry URL, for --model."),
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option("--token", envvar="CORRAL_TOKEN", help="API token (viewer), for --model."),
+    ] = None,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--cache-dir",
+            help="Where --model keeps bundles (default: $XDG_CACHE_HOME/corral/bundles, "
+            "else ~/.cache/corral/bundles).",
+            show_default=False,
+        ),
+    ] = None,
+    labels_from_folders: Annotated[
+        bool,
+        typer.Option(
+            "--labels-from-folders",
+            help="Label each image of a folder input by its sub-folder (FOLDER/<label>/...) "
+            "and score the predictions.",
+        ),
+    ] = False,
     variant: Annotated[
         str, typer.Option(help="The bundle variant to run: fp32, int8, ...")
     ] = "fp32",
@@ -181,24 +218,42 @@ def predict(
         Path | None, typer.Option(help="Also write the predictions to this .jsonl or .csv file.")
     ] = None,
 ) -> None:
-    """Predict image files offline with a bundle, exactly as the agent would on its camera.
+    """Predict images offline with a bundle, exactly as the agent would on its camera.
 
-    Bad input (a bundle folder that is missing, invalid or tampered with, a variant
-    it lacks, an image that cannot be read) exits with code 2 and writes nothing.
+    Inputs with labels (a manifest's label column, or folders with
+    --labels-from-folders) are scored: accuracy and per-class recall.
+
+    Bad input (a bundle folder that is missing, invalid or tampered with, a model
+    version the registry lacks or refuses, a variant the bundle lacks, an image that
+    cannot be read, a bad manifest line) exits with code 2 and writes nothing.
     """
-    import json
-
-    from rich.table import Table
-
-    from agent.predict import OUTPUT_FORMATS, image_files, load_runtime, predict_files
+    from agent.predict import OUTPUT_FORMATS, evaluate, list_inputs, load_runtime, predict_files
+    from corral.bundle import BUNDLE_FILE
     from corral.errors import CorralError
 
     if out is not None and (out.suffix.lower() not in OUTPUT_FORMATS or not out.parent.is_dir()):
         raise _bad_input(f"--out {out}: use a .jsonl or .csv file in an existing folder")
+    first = paths[0]
+    if model is not None and (first / BUNDLE_FILE).is_file():
+        raise _bad_input(
+            f"{first} is a bundle folder and --model {model} names a bundle too; give one: "
+            "BUNDLE_DIR before the inputs, or --model NAME@VERSION and only inputs"
+        )
+    if model is None and (
+        len(paths) < 2 or (first.exists() and not (first / BUNDLE_FILE).is_file())
+    ):
+        raise _bad_input(
+            f"no bundle given ({first} is not a bundle folder with {BUNDLE_FILE}); give "
+            "BUNDLE_DIR before the inputs, or --model NAME@VERSION (with --registry)"
+        )
+    inputs = paths if model is not None else paths[1:]
     try:
-        files = image_files(inputs)
+        listed = list_inputs(inputs, labels_from_folders)
+        bundle_dir = (
+            first if model is None else _fetched(model, variant, cache_dir, registry, token)
+        )
         runtime = load_runtime(bundle_dir, variant, provider or ("CPUExecutionProvider",))
-        predictions = predict_files(runtime, files, batch_size=batch_size, top=top)
+        predictions = predict_files(runtime, listed, batch_size=batch_size, top=top)
     except CorralError as e:
         raise _bad_input(str(e)) from e
     if out is not None:
@@ -209,14 +264,57 @@ def predict(
         except OSError as e:
             typer.echo(f"error: cannot write {out}: {e.strerror}", err=True)
             raise typer.Exit(code=1) from e
+    _show(runtime, predictions, evaluate(predictions), top, json_output)
+    if out is not None and not json_output:
+        typer.echo(f"wrote {len(predictions)} prediction(s) to {out}")
+
+
+def _fetched(
+    model: str, variant: str, cache_dir: Path | None, registry: str | None, token: str | None
+) -> Path:
+    """The cached bundle folder of ``--model``, fetched first when the cache lacks it."""
+    from agent.bundle_cache import cached_bundle, default_cache_dir, parse_model
+    from corral.client import RegistryClient
+
+    name, version = parse_model(model)
+    root = cache_dir if cache_dir is not None else default_cache_dir()
+    try:
+        # No request is made unless the cache misses: a cached bundle runs offline.
+        with RegistryClient(registry, token) as client:
+            directory, fetched = cached_bundle(name, version, variant, root, client)
+    except OSError as e:
+        typer.echo(f"error: cannot write the bundle cache {root}: {e}", err=True)
+        raise typer.Exit(code=1) from e
+    if fetched:
+        typer.echo(
+            f"fetched {name} {version} ({variant}) from {client.base_url} into {directory}",
+            err=True,
+        )
+    return directory
+
+
+def _show(
+    runtime: ModelRuntime,
+    predictions: list[Prediction],
+    evaluation: Evaluation | None,
+    top: int,
+    json_output: bool,
+) -> None:
+    """Print the predictions as a table and summary, or as one JSON document."""
+    import json
+
+    from rich.table import Table
+
     bundle = runtime.bundle
+    labelled = evaluation is not None
     if json_output:
         document = {
             "model": bundle.name,
             "version": bundle.version,
             "variant": runtime.variant,
             "providers": runtime.providers,
-            "predictions": [p.to_dict() for p in predictions],
+            "evaluation": None if evaluation is None else evaluation.to_dict(),
+            "predictions": [p.to_dict(labelled) for p in predictions],
         }
         typer.echo(json.dumps(document, indent=2))
         return
@@ -227,10 +325,16 @@ def predict(
     table.add_column("file", overflow="fold")
     table.add_column("label", no_wrap=True)
     table.add_column("confidence", justify="right", no_wrap=True)
+    if labelled:
+        table.add_column("expected", no_wrap=True)
     table.add_column(f"top {min(top, len(bundle.output.labels))}")
+    marks = {True: "", False: " (wrong)", None: " (not a model label)"}
     for p in predictions:
         ranked = ", ".join(f"{label} {score:.3f}" for label, score in p.top)
-        table.add_row(p.file, p.label, f"{p.confidence:.3f}", ranked)
+        expected = (
+            [] if not labelled else ["-" if p.expected is None else p.expected + marks[p.correct]]
+        )
+        table.add_row(p.file, p.label, f"{p.confidence:.3f}", *expected, ranked)
     Console().print(table)
-    if out is not None:
-        typer.echo(f"wrote {len(predictions)} prediction(s) to {out}")
+    for line in evaluation.summary() if evaluation is not None else []:
+        typer.echo(line)

@@ -1,10 +1,13 @@
 """Offline predictions over image files, with the agent's own runtime and preprocessing.
 
-``corral predict BUNDLE_DIR IMAGE...`` (:func:`agent.cli.predict`) runs these
-steps, in this order:
+``corral predict BUNDLE_DIR INPUT...`` and ``corral predict --model NAME@VERSION
+INPUT...`` (:func:`agent.cli.predict`; the second fetches the bundle into a
+local cache first, :mod:`agent.bundle_cache`) run these steps, in this order:
 
-1. list the inputs (:func:`image_files`): files as given, folders walked for
-   images, sorted, so that a typo fails before a model is loaded;
+1. list the inputs (:func:`list_inputs`): files as given, folders walked for
+   images, sorted, manifests (:mod:`corral.manifest`, ``.csv`` / ``.jsonl``)
+   read row by row with their labels, so that a typo or a bad manifest line
+   fails before a model is loaded or fetched;
 2. load the bundle (:func:`load_runtime`): ``bundle.json``, the chosen variant's
    file checked against its signed length and SHA-256, an ONNX Runtime session
    built by :class:`agent.runtime.ModelRuntime` (the class the pipeline runs, so
@@ -13,7 +16,10 @@ steps, in this order:
 3. decode and predict in batches (:func:`predict_files`). An image that cannot be
    read stops the model, but the remaining files are still decoded, so that the
    error names every bad file at once;
-4. only then does the caller print or write anything: bad input changes nothing.
+4. score the predictions of labelled inputs (:func:`evaluate`): accuracy and
+   per-class recall over the inputs whose label the model has; other labels are
+   counted apart, not as wrong answers;
+5. only then does the caller print or write anything: bad input changes nothing.
 """
 
 from __future__ import annotations
@@ -22,8 +28,9 @@ import csv
 import io
 import json
 import logging
+from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +43,16 @@ from agent.errors import ImageInputError
 from agent.runtime import ModelRuntime
 from corral.bundle import Bundle
 from corral.errors import BundleError
+from corral.manifest import is_manifest, read_manifest
 
 __all__ = [
     "OUTPUT_FORMATS",
+    "Evaluation",
+    "Input",
     "Prediction",
+    "evaluate",
     "image_files",
+    "list_inputs",
     "load_runtime",
     "predict_files",
     "probabilities",
@@ -56,57 +68,206 @@ _NAMED_BAD = 5
 
 
 @dataclass(frozen=True)
+class Input:
+    """One image to predict, and the label it should get if the input says (else None)."""
+
+    path: Path
+    label: str | None = None
+
+
+@dataclass(frozen=True)
 class Prediction:
-    """What the model says about one image: the best label and the ``top`` best scores."""
+    """What the model says about one image: the best label and the ``top`` best scores.
+
+    ``expected`` is the input's own label, if it has one; ``correct`` says whether
+    the best label is it, and is None when there is no label or the model does not
+    have that label among its outputs (so it cannot be right or wrong).
+    """
 
     file: str
     label: str
     confidence: float
     top: list[tuple[str, float]]
+    expected: str | None = None
+    correct: bool | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict: file, label, confidence and top as ``[{label, score}]``."""
-        return {
+    def to_dict(self, labelled: bool = False) -> dict[str, Any]:
+        """A JSON-ready dict: file, label, confidence and top as ``[{label, score}]``.
+
+        Args:
+            labelled: add ``expected`` and ``correct`` even when this input has no
+                label (as null), so every row of a labelled run has the same keys;
+                they are always added when it has one.
+        """
+        document: dict[str, Any] = {
             "file": self.file,
             "label": self.label,
             "confidence": round(self.confidence, 6),
-            "top": [{"label": label, "score": round(score, 6)} for label, score in self.top],
         }
+        if labelled or self.expected is not None:
+            document |= {"expected": self.expected, "correct": self.correct}
+        document["top"] = [{"label": label, "score": round(score, 6)} for label, score in self.top]
+        return document
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """How the predictions of labelled inputs compare with their labels.
+
+    ``recall`` maps each expected label the model has to (right, inputs with that
+    label); ``unknown`` maps each expected label the model lacks to its count:
+    those inputs are not scored (``scored`` excludes them).
+    """
+
+    labelled: int
+    scored: int
+    correct: int
+    recall: dict[str, tuple[int, int]] = field(default_factory=dict)
+    unknown: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def accuracy(self) -> float | None:
+        """Right answers over scored inputs; None when no input could be scored."""
+        return self.correct / self.scored if self.scored else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON values: counts, accuracy, per-class recall and unknown labels."""
+        return {
+            "labelled": self.labelled,
+            "scored": self.scored,
+            "correct": self.correct,
+            "accuracy": None if self.accuracy is None else round(self.accuracy, 6),
+            "recall": {
+                label: {"correct": right, "total": total, "recall": round(right / total, 6)}
+                for label, (right, total) in self.recall.items()
+            },
+            "unknown_labels": dict(self.unknown),
+        }
+
+    def summary(self) -> list[str]:
+        """Lines for a person: accuracy, recall per class, and what was not scored."""
+        lines = []
+        if self.accuracy is not None:
+            lines.append(
+                f"accuracy {self.accuracy:.3f}: {self.correct} of {self.scored} "
+                "scored input(s) right"
+            )
+            lines.append(
+                "recall: "
+                + ", ".join(
+                    f"{label} {right / total:.3f} ({right}/{total})"
+                    for label, (right, total) in self.recall.items()
+                )
+            )
+        if self.unknown:
+            names = ", ".join(f"{label} ({n})" for label, n in self.unknown.items())
+            lines.append(
+                f"not scored: {sum(self.unknown.values())} input(s) labelled with a label "
+                f"the model does not have: {names}"
+            )
+        return lines
+
+
+def evaluate(predictions: Sequence[Prediction]) -> Evaluation | None:
+    """Score the predictions whose input had a label; None when none had one.
+
+    Raises:
+        Nothing.
+    """
+    labelled = [p for p in predictions if p.expected is not None]
+    if not labelled:
+        return None
+    scored = [p for p in labelled if p.correct is not None]
+    totals = Counter(str(p.expected) for p in scored)
+    right = Counter(str(p.expected) for p in scored if p.correct)
+    unknown = Counter(str(p.expected) for p in labelled if p.correct is None)
+    return Evaluation(
+        labelled=len(labelled),
+        scored=len(scored),
+        correct=sum(right.values()),
+        recall={label: (right[label], totals[label]) for label in sorted(totals)},
+        unknown=dict(sorted(unknown.items())),
+    )
+
+
+def _folder_inputs(folder: Path, labels_from_folders: bool) -> list[Input]:
+    found = sorted(
+        p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+    )
+    if not found:
+        raise ImageInputError(f"folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    if not labels_from_folders:
+        return [Input(p) for p in found]
+    # ImageFolder: root/<label>/...; an image directly in the root has no label.
+    inputs = []
+    for p in found:
+        parts = p.relative_to(folder).parts
+        inputs.append(Input(p, parts[0] if len(parts) > 1 else None))
+    return inputs
+
+
+def _manifest_inputs(manifest: Path) -> list[Input]:
+    read = read_manifest(manifest)
+    if read.problems:
+        more = len(read.problems) - _NAMED_BAD
+        raise ImageInputError(
+            f"manifest {manifest} has {len(read.problems)} bad line(s), so nothing was "
+            "predicted: "
+            + "; ".join(str(p) for p in read.problems[:_NAMED_BAD])
+            + (f" and {more} more" if more > 0 else "")
+        )
+    if not read.rows:
+        raise ImageInputError(f"manifest {manifest} lists no images")
+    return [Input(row.path, row.label) for row in read.rows]
+
+
+def list_inputs(inputs: Sequence[Path], labels_from_folders: bool = False) -> list[Input]:
+    """Expand files, folders and manifests into the images to predict, in a stable order.
+
+    A file is taken as given, whatever its suffix (decoding decides), except a
+    ``.csv`` or ``.jsonl`` file, which is a manifest (:mod:`corral.manifest`): its
+    rows in file order, paths relative to its folder, with their labels. A folder
+    is walked recursively for ``*.png``, ``*.jpg``, ``*.jpeg`` and ``*.bmp``, sorted.
+
+    Args:
+        inputs: image files, folders and manifests.
+        labels_from_folders: label each image of a folder by the name of its
+            sub-folder under that folder (``root/<label>/...``, as ImageFolder and
+            ``corral train --data`` have it).
+
+    Returns:
+        The images, each with its label if its input gives one.
+
+    Raises:
+        ImageInputError: a path does not exist, a folder holds no image, or a
+            manifest lists none or has bad lines (the message names them).
+        ManifestError: a manifest cannot be read.
+    """
+    listed: list[Input] = []
+    for path in inputs:
+        if path.is_dir():
+            listed += _folder_inputs(path, labels_from_folders)
+        elif not path.exists():
+            raise ImageInputError(
+                f"{path} does not exist; give image files, folders of images or manifests"
+            )
+        elif is_manifest(path):
+            listed += _manifest_inputs(path)
+        else:
+            listed.append(Input(path))
+    if not listed:
+        raise ImageInputError("no images given; give image files, folders of images or manifests")
+    return listed
 
 
 def image_files(inputs: Sequence[Path]) -> list[Path]:
-    """Expand files and folders into the image files to predict, in a stable order.
-
-    A file is taken as given, whatever its suffix (decoding decides); a folder is
-    walked recursively for ``*.png``, ``*.jpg``, ``*.jpeg`` and ``*.bmp``, sorted.
-
-    Args:
-        inputs: image files and folders.
-
-    Returns:
-        The files, folders expanded in place.
+    """The image files of :func:`list_inputs`, without labels.
 
     Raises:
-        ImageInputError: a path does not exist, or a folder holds no image.
+        ImageInputError: as :func:`list_inputs`.
+        ManifestError: a manifest cannot be read.
     """
-    files: list[Path] = []
-    for path in inputs:
-        if path.is_dir():
-            found = sorted(
-                p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-            )
-            if not found:
-                raise ImageInputError(
-                    f"folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})"
-                )
-            files += found
-        elif path.exists():
-            files.append(path)
-        else:
-            raise ImageInputError(f"{path} does not exist; give image files or folders of images")
-    if not files:
-        raise ImageInputError("no images given; give image files or folders of images")
-    return files
+    return [item.path for item in list_inputs(inputs)]
 
 
 def load_runtime(
@@ -167,13 +328,15 @@ def _read(path: Path) -> np.ndarray | str:
 
 
 def predict_files(
-    runtime: ModelRuntime, files: Iterable[Path], batch_size: int = 16, top: int = 3
+    runtime: ModelRuntime, files: Iterable[Path | Input], batch_size: int = 16, top: int = 3
 ) -> list[Prediction]:
     """Predict every file, in order, in batches.
 
     Args:
         runtime: from :func:`load_runtime`.
-        files: image files (see :func:`image_files`).
+        files: image files (see :func:`image_files`), or inputs with their labels
+            (see :func:`list_inputs`), which each prediction then carries as
+            ``expected``.
         batch_size: images per batch when the model's batch axis is dynamic; a model
             with a fixed batch size gets batches of exactly that size (padded).
         top: how many of the best labels each prediction keeps.
@@ -191,18 +354,19 @@ def predict_files(
     fixed = runtime.bundle.input.shape[0]
     size = fixed if fixed is not None else batch_size
     buffer = np.zeros((size, *runtime.bundle.input.sample_shape), dtype=np.float32)
-    pending: list[Path] = []
+    pending: list[Input] = []
     results: list[Prediction] = []
     bad: list[str] = []
-    for path in files:
-        image = _read(path)
+    for item in files:
+        given = item if isinstance(item, Input) else Input(item)
+        image = _read(given.path)
         if isinstance(image, str):
             bad.append(image)
             continue
         if bad:
             continue  # no more model work, only find the other bad files
         runtime.preprocess(image, buffer[len(pending)])
-        pending.append(path)
+        pending.append(given)
         if len(pending) == size:
             results += _run_batch(runtime, buffer, pending, fixed is not None, top)
             pending.clear()
@@ -219,9 +383,9 @@ def predict_files(
 
 
 def _run_batch(
-    runtime: ModelRuntime, buffer: np.ndarray, paths: Sequence[Path], fixed: bool, top: int
+    runtime: ModelRuntime, buffer: np.ndarray, inputs: Sequence[Input], fixed: bool, top: int
 ) -> list[Prediction]:
-    n = len(paths)
+    n = len(inputs)
     if fixed:
         buffer[n:] = 0.0  # padding for a model that only takes full batches
     bundle = runtime.bundle
@@ -242,9 +406,15 @@ def _run_batch(
     k = min(top, len(labels))
     order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
     predictions = []
-    for path, row, best in zip(paths, probs, order, strict=True):
+    for given, row, best in zip(inputs, probs, order, strict=True):
         ranked = [(labels[int(i)], float(row[i])) for i in best]
-        predictions.append(Prediction(str(path), ranked[0][0], ranked[0][1], ranked))
+        best_label = ranked[0][0]
+        # A label the model lacks can be neither right nor wrong: left unscored.
+        known = given.label is not None and given.label in labels
+        correct = best_label == given.label if known else None
+        predictions.append(
+            Prediction(str(given.path), best_label, ranked[0][1], ranked, given.label, correct)
+        )
     return predictions
 
 
@@ -252,7 +422,9 @@ def write_predictions(path: Path, predictions: Sequence[Prediction]) -> None:
     """Write predictions as JSON lines (``.jsonl``) or CSV (``.csv``), atomically.
 
     The CSV has the columns file, label, confidence, then label_i and score_i for
-    each of the top labels.
+    each of the top labels. When some inputs had labels, every JSON line has
+    ``expected`` and ``correct`` (null where unknown), and the CSV has those two
+    columns after confidence (``correct`` is ``true``, ``false`` or empty).
 
     Raises:
         ValueError: the suffix is neither ``.jsonl`` nor ``.csv``.
@@ -261,16 +433,23 @@ def write_predictions(path: Path, predictions: Sequence[Prediction]) -> None:
     kind = OUTPUT_FORMATS.get(path.suffix.lower())
     if kind is None:
         raise ValueError(f"--out {path}: use a .jsonl or .csv file name")
+    labelled = any(p.expected is not None for p in predictions)
     if kind == "jsonl":
-        text = "".join(json.dumps(p.to_dict()) + "\n" for p in predictions)
+        text = "".join(json.dumps(p.to_dict(labelled)) + "\n" for p in predictions)
     else:
         width = max((len(p.top) for p in predictions), default=0)
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         ranks = [f"{name}_{i}" for i in range(1, width + 1) for name in ("label", "score")]
-        writer.writerow(["file", "label", "confidence", *ranks])
+        scored = ["expected", "correct"] if labelled else []
+        writer.writerow(["file", "label", "confidence", *scored, *ranks])
         for p in predictions:
             cells = [v for label, score in p.top for v in (label, f"{score:.6f}")]
-            writer.writerow([p.file, p.label, f"{p.confidence:.6f}", *cells])
+            marks = [p.expected or "", _csv_bool(p.correct)] if labelled else []
+            writer.writerow([p.file, p.label, f"{p.confidence:.6f}", *marks, *cells])
         text = buffer.getvalue()
     write_file_atomic(path, text.encode())
+
+
+def _csv_bool(value: bool | None) -> str:
+    return "" if value is None else str(value).lower()

@@ -1,7 +1,7 @@
 """Corral's shared contract: what crosses a process boundary.
 
-The bundle format, MQTT topics and payloads, firmware profiles, model versions
-and TUF target names. The trainer, the registry and the agent import this
+The bundle format, MQTT topics and payloads, firmware profiles, model versions,
+TUF target names and image manifests. The trainer, the registry and the agent import this
 package and never each other. It imports nothing heavy (no torch, no FastAPI,
 no onnxruntime), so that every role can depend on it.
 """
@@ -20,9 +20,18 @@ from corral.errors import (
     BundleError,
     ContractError,
     CorralError,
+    ManifestError,
     PayloadError,
     ProfileError,
     VersionError,
+)
+from corral.manifest import (
+    MANIFEST_SUFFIXES,
+    Manifest,
+    ManifestProblem,
+    ManifestRow,
+    is_manifest,
+    read_manifest,
 )
 from corral.payloads import (
     Message,
@@ -49,6 +58,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BUNDLE_FILE",
     "BUNDLE_FORMAT",
+    "MANIFEST_SUFFIXES",
     "Bundle",
     "BundleError",
     "BundleFile",
@@ -58,6 +68,10 @@ __all__ = [
     "GoldenSample",
     "HardwareFacts",
     "InputSpec",
+    "Manifest",
+    "ManifestError",
+    "ManifestProblem",
+    "ManifestRow",
     "Message",
     "OutputSpec",
     "PayloadError",
@@ -73,9 +87,11 @@ __all__ = [
     "file_digest",
     "file_target",
     "installed_event",
+    "is_manifest",
     "load_profile",
     "load_profiles",
     "parse_topic",
+    "read_manifest",
     "rolled_back_event",
     "select_profile",
     "topic",

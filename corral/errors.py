@@ -5,6 +5,7 @@ Rooted by whose fault it is::
     CorralError
     └── ContractError          data that breaks the contract (caller's or sender's fault)
         ├── BundleError        a bundle.json or a file beside it is malformed or tampered
+        ├── ManifestError      an image manifest (.csv/.jsonl) is not one or cannot be read
         ├── PayloadError       an MQTT payload or topic is malformed
         ├── ProfileError       a firmware profile is malformed or none matches
         └── VersionError       a version string is not semver
@@ -19,6 +20,7 @@ __all__ = [
     "BundleError",
     "ContractError",
     "CorralError",
+    "ManifestError",
     "PayloadError",
     "ProfileError",
     "TlsConfigError",
@@ -36,6 +38,14 @@ class ContractError(CorralError):
 
 class BundleError(ContractError):
     """A bundle (bundle.json or one of its files) is malformed or was tampered with."""
+
+
+class ManifestError(ContractError):
+    """An image manifest is not a ``.csv`` / ``.jsonl`` file, or cannot be read.
+
+    Bad lines of a readable manifest are not errors: :func:`corral.manifest.read_manifest`
+    returns them as problems, for the caller to count or refuse.
+    """
 
 
 class PayloadError(ContractError):

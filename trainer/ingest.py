@@ -5,7 +5,9 @@ Sources:
 - an ImageFolder tree, ``root/<label>/<name>.(png|jpg|jpeg|bmp|gif|webp)``;
 - a manifest, ``.csv`` with a header naming ``path`` and ``label`` columns, or
   ``.jsonl`` with one ``{"path": ..., "label": ...}`` object a line; relative
-  paths are taken from the manifest's own folder.
+  paths are taken from the manifest's own folder. The format is the shared
+  contract's (:mod:`corral.manifest`, which ``corral predict`` reads too); here
+  a label is required.
 
 The order of steps, and why:
 
@@ -36,8 +38,6 @@ without a path and a label).
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import multiprocessing
 import os
@@ -53,6 +53,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from corral.errors import ManifestError
+from corral.manifest import read_manifest
 from trainer.data import (
     COLORS,
     IMAGE_SIZE,
@@ -154,34 +156,12 @@ def _list_folder(root: Path) -> list[Item]:
     return items
 
 
-def _manifest_rows(path: Path) -> Iterable[tuple[int, Any]]:
-    with path.open(newline="", encoding="utf-8") as handle:
-        if path.suffix.lower() == ".csv":
-            yield from enumerate(csv.DictReader(handle), start=2)
-            return
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield number, json.loads(line)
-            except json.JSONDecodeError as e:
-                yield number, f"not JSON ({e.msg})"
-
-
 def _list_manifest(path: Path, report: IngestReport) -> list[Item]:
-    items: list[Item] = []
-    for number, row in _manifest_rows(path):
-        where = f"{path.name}:{number}"
-        if not isinstance(row, dict):
-            report.add_problem("bad_row", where, str(row))
-            continue
-        image, label = row.get("path"), row.get("label")
-        if not isinstance(image, str) or not image or not isinstance(label, str) or not label:
-            report.add_problem("bad_row", where, "expected a non-empty 'path' and 'label'")
-            continue
-        resolved = Path(image) if Path(image).is_absolute() else path.parent / image
-        items.append((str(resolved), label.strip()))
-    return items
+    # The format is the shared contract's (corral.manifest); training needs labels.
+    manifest = read_manifest(path, require_label=True)
+    for problem in manifest.problems:
+        report.add_problem("bad_row", problem.where, problem.reason)
+    return [(str(row.path), row.label) for row in manifest.rows if row.label is not None]
 
 
 def list_sources(source: Path, report: IngestReport | None = None) -> list[Item]:
@@ -207,8 +187,8 @@ def list_sources(source: Path, report: IngestReport | None = None) -> list[Item]
         )
     try:
         return _list_manifest(source, report)
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise DatasetError(f"cannot read the manifest {source}: {e}") from e
+    except ManifestError as e:
+        raise DatasetError(str(e)) from e
 
 
 # --- decoding (runs in the worker processes) ----------------------------------------------

@@ -76,7 +76,10 @@ def _mount_roles() -> None:
         pass
     else:
         app.add_typer(agent_app, name="agent", help="Enrol and run the agent on a park computer.")
-        app.command("predict", help="Predict image files offline, as the agent would.")(predict)
+        app.command(
+            "predict",
+            help="Predict images offline with a bundle, as the agent would; score labels.",
+        )(predict)
     try:
         from agent.simulate_cli import app as fleet_app
     except ImportError:
