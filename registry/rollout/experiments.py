@@ -21,7 +21,22 @@ from registry.rollout.plan import GateRules, RolloutPlan, Selector, Stage
 from registry.rollout.windows import read_windows
 from registry.tables import Rollout
 
-__all__ = ["describe", "start"]
+__all__ = ["EXPERIMENT_GATES", "describe", "start"]
+
+
+#: An experiment measures B against A: accuracy, latency, frame rate, predicted
+#: classes. Its rollouts are not gated on those, or the very difference it is
+#: there to measure would end it (and, racing the labels, only sometimes: a gate
+#: judged before enough labels passed, one judged after failed). They still stop
+#: on what breaks a model whatever it is compared with: runtime errors and NaN
+#: outputs. Install failures do not stop it either: a cohort is what it is.
+EXPERIMENT_GATES = GateRules(
+    max_install_failure_percent=100.0,
+    max_p95_latency_ratio=1e6,
+    min_fps_ratio=0.0,
+    accuracy_margin=1.0,
+    max_drift=1.0,
+)
 
 
 def start(
@@ -73,7 +88,7 @@ def start(
             version=version,
             selector=Selector(devices=ids),
             stages=[Stage(name="all")],
-            gates=GateRules(max_install_failure_percent=100.0),
+            gates=EXPERIMENT_GATES,
             experiment=name,
         )
         rollout, moved = rollouts.create(session, plan, actor, supersede=True)

@@ -6,6 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from registry.rollout import GateRules, RolloutPlan, Stage, Windows, accuracy_test, js_distance
+from registry.rollout.experiments import EXPERIMENT_GATES
 from registry.rollout.gates import evaluate
 
 
@@ -94,6 +95,18 @@ def test_each_gate_judges_its_own_number() -> None:
         "accuracy",
         "drift",
     }
+
+
+def test_an_experiment_stops_on_a_broken_model_but_not_on_the_difference_it_measures() -> None:
+    old = _windows(p95=10, fps=15, labelled=500, correct=450)
+    worse_and_slower = _windows(25, 8, 500, 380)
+    verdicts = evaluate(EXPERIMENT_GATES, 10, 2, worse_and_slower, old, {"cat": 1.0})
+    assert [r.name for r in verdicts if r.failed] == []
+    ordinary = evaluate(GateRules(), 10, 2, worse_and_slower, old, {"cat": 1.0})
+    assert {r.name for r in ordinary if r.failed} >= {"accuracy", "latency", "fps", "drift"}
+    broken = _windows(10, 15, 500, 450, errors=40)
+    verdicts = evaluate(EXPERIMENT_GATES, 10, 0, broken, old)
+    assert [r.name for r in verdicts if r.failed] == ["errors"]
 
 
 def test_gpu_heat_and_throttling_fail_the_gpu_gate() -> None:
