@@ -131,8 +131,8 @@ class GpuBox:
         self._thread.join(5)
         self._send("status", self._status("offline"))
         self._client.publish(topic(self.device_id, "status"), b"", qos=1, retain=True)
-        self._client.loop_stop()
         self._client.disconnect()
+        self._client.loop_stop()
 
     def fall_back(self) -> None:
         """Reinstall 1.0.0 as an agent whose TensorRT engine did not load would: on fp32."""

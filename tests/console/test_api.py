@@ -29,8 +29,8 @@ def publisher(broker: None) -> Iterator[mqtt.Client]:
     client.connect("127.0.0.1", 1883)
     client.loop_start()
     yield client
-    client.loop_stop()
     client.disconnect()
+    client.loop_stop()
 
 
 def _inference(seq: int, fps: float) -> dict[str, Any]:

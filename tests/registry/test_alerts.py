@@ -115,8 +115,8 @@ class Device:
 
     def close(self) -> None:
         self.client.publish(topic(self.id, "status"), b"", qos=1, retain=True).wait_for_publish(5)
-        self.client.loop_stop()
         self.client.disconnect()
+        self.client.loop_stop()
 
 
 @pytest.fixture

@@ -90,8 +90,8 @@ def test_a_revoked_devices_mqtt_messages_are_dropped_and_counted(registry: Any) 
         )
     finally:
         client.publish(topic(device, "status"), b"", qos=1, retain=True).wait_for_publish(5)
-        client.loop_stop()
         client.disconnect()
+        client.loop_stop()
     detail = registry.admin.get(f"/api/v1/devices/{device}").json()
     assert detail["seq"]["count"] == 0
     assert detail["state"] is None

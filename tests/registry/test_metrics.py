@@ -91,8 +91,8 @@ def test_metrics_aggregate_the_fleet_without_device_labels(registry: Any) -> Non
             what="12 messages stored",
         )
     finally:
-        client.loop_stop()
         client.disconnect()
+        client.loop_stop()
 
     scrape = registry.admin.get("/metrics")
     assert scrape.status_code == 200, scrape.text

@@ -77,8 +77,8 @@ def test_rollout_publishes_a_retained_desired_hint(registry: Any) -> None:
         try:
             arrived.wait(2)
         finally:
-            subscriber.loop_stop()
             subscriber.disconnect()
+            subscriber.loop_stop()
         return got[0] if got and got[0].retain else None
 
     hint = registry.wait_for(retained_hint, what="a retained desired hint")
@@ -89,8 +89,8 @@ def test_rollout_publishes_a_retained_desired_hint(registry: Any) -> None:
     assert message["shadow"] is None, "the hint carries the whole desired state"
     cleaner = _client()
     cleaner.publish(topic(device, "desired"), b"", qos=1, retain=True).wait_for_publish(5)
-    cleaner.loop_stop()
     cleaner.disconnect()
+    cleaner.loop_stop()
 
     desired = registry.admin.get(f"/api/v1/devices/{device}/desired").json()
     assert desired == {"model": "animals", "version": "2.0.0", "variant": None, "shadow": None}
@@ -148,8 +148,8 @@ def test_ingest_is_idempotent_drops_bad_payloads_and_counts_gaps(registry: Any) 
         # commit of seq 9 may see its row but not its summary; read again after it.
         detail = registry.admin.get(f"/api/v1/devices/{device}").json()
     finally:
-        client.loop_stop()
         client.disconnect()
+        client.loop_stop()
 
     assert detail["seq"] == {"min": 1, "max": 9, "count": 7, "missing": 2}
     assert detail["state"] == "online"
@@ -189,8 +189,8 @@ def test_accuracy_restarts_when_the_version_changes(registry: Any) -> None:
             what="two accuracy windows",
         )
     finally:
-        client.loop_stop()
         client.disconnect()
+        client.loop_stop()
     detail = registry.admin.get(f"/api/v1/devices/{device}").json()
     assert (detail["labelled"], detail["accuracy"]) == (10, 0.9)
 
@@ -242,8 +242,8 @@ def _published(registry: Any, device: str, messages: list[tuple[str, bytes]]) ->
             what=f"{len(messages)} more messages of {device}",
         )
     finally:
-        client.loop_stop()
         client.disconnect()
+        client.loop_stop()
     # Read again: on SQLite a read racing the commit may see the rows but not the summary.
     return dict(registry.admin.get(f"/api/v1/devices/{device}").json())
 
