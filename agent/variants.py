@@ -13,10 +13,11 @@ when the rollout names none. The rule, in order:
    the same GPU name (case and spacing aside) and the same TensorRT
    major.minor, with a batch size at least the profile's. An engine for another
    GPU or TensorRT version is never chosen: it would not load, or worse.
-3. Among those, the profile's precision first when it is fp16 or int8, then
-   fp16 before int8; then an engine from the exact TensorRT version, one built
-   for this profile, the smallest batch size that fits, and the variant's name,
-   so that the choice is the same on every device alike.
+3. Among those, the profile's precision first (fp16 or int8; an fp32 profile
+   takes no prebuilt engine), then the other; then an engine from the exact
+   TensorRT version, one built for this profile, the smallest batch size that
+   fits, and the variant's name, so that the choice is the same on every
+   device alike.
 
 No qualifying variant, or no TensorRT here: ``None``, and the updater keeps its
 usual rule (the profile's variant, else fp32). Why a variant was passed over is
@@ -137,11 +138,14 @@ def tensorrt_record(entry: BundleFile) -> Mapping[str, Any] | None:
 def precision_order(profile: FirmwareProfile) -> tuple[str, ...]:
     """The TensorRT precisions ``profile`` takes, preferred first.
 
-    ``fp16`` profile: fp16, int8; ``int8`` profile: int8, fp16; ``fp32``: fp16, int8.
+    ``fp16`` profile: fp16, int8; ``int8`` profile: int8, fp16; any other
+    (``fp32``): none. A profile that asks for full precision gets no prebuilt
+    engine, which would run in fp16 or int8; its TensorRT provider builds an
+    fp32 engine itself.
     """
     if profile.precision in TRT_PRECISIONS:
         return (profile.precision, *(p for p in TRT_PRECISIONS if p != profile.precision))
-    return TRT_PRECISIONS
+    return ()
 
 
 def _mismatch(
@@ -180,6 +184,8 @@ def choose_tensorrt_variant(
     if device is None or TRT not in profile.execution_providers:
         return None
     order = precision_order(profile)
+    if not order:
+        return None
     ranked: list[tuple[tuple[int, bool, bool, int, str], str]] = []
     for entry in bundle.files:
         record = tensorrt_record(entry)

@@ -338,7 +338,7 @@ HERE = TensorRTDevice(gpu=L4, tensorrt_version="10.3.1")
     [
         ("fp16", [{"precision": "int8"}, {"precision": "fp16"}], "v1"),
         ("int8", [{"precision": "fp16"}, {"precision": "int8"}], "v1"),
-        ("fp32", [{"precision": "int8"}, {"precision": "fp16"}], "v1"),
+        ("fp32", [{"precision": "int8"}, {"precision": "fp16"}], None),
         ("fp16", [{"precision": "int8"}], "v0"),
         ("fp16", [{"tensorrt_version": "10.3.0"}, {"tensorrt_version": "10.3.1"}], "v1"),
         ("fp16", [{"profile": "jetson-orin"}, {"profile": "x86-nvidia"}], "v1"),
@@ -350,7 +350,7 @@ HERE = TensorRTDevice(gpu=L4, tensorrt_version="10.3.1")
     ids=[
         "fp16-profile-prefers-fp16",
         "int8-profile-prefers-int8",
-        "fp32-profile-fp16-before-int8",
+        "fp32-profile-takes-no-prebuilt-engine",
         "int8-when-it-is-all-there-is",
         "exact-tensorrt-patch-first",
         "built-for-this-profile-first",
